@@ -1,0 +1,141 @@
+//! `unicri`: the daemon (`unicri daemon`) and the human CLI in one binary.
+
+mod admin;
+mod cli;
+mod config;
+mod daemon;
+mod error;
+mod images;
+mod instrument;
+mod rpc;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "unicri", version, about = "unicri: a Kubernetes container runtime (CRI v1) in one daemon")]
+struct Cli {
+    /// CRI socket: where the daemon listens / the CLI connects.
+    #[arg(long, global = true, env = "UNICRI_ADDRESS")]
+    address: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Daemon {
+        /// Config file (TOML). Default: /etc/unicri/config.toml if it exists.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Persistent root (state.db, images). Default: /var/lib/unicri.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Volatile state dir. Default: /run/unicri.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// error, warn, info, debug, trace, or a tracing filter.
+        #[arg(long, default_value = "info", env = "UNICRI_LOG")]
+        log_level: String,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Print the runtime's version.
+    Version,
+    /// Print the runtime's status and configuration.
+    Info,
+    /// Pull an image.
+    Pull {
+        /// Image reference, e.g. busybox or registry.k8s.io/pause:3.9.
+        image: String,
+        /// Registry credentials USER:PASSWORD.
+        #[arg(long)]
+        creds: Option<String>,
+    },
+    /// List images.
+    Images {
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Show digests.
+        #[arg(long)]
+        digests: bool,
+    },
+    /// Show an image's status and config.
+    Inspecti {
+        /// Id, tag or digest reference.
+        image: String,
+    },
+    /// Remove images.
+    Rmi {
+        /// Ids, tags or digest references.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Image subcommands.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Import an OCI layout directory, OCI archive or docker-save archive.
+    Import {
+        /// Path on the daemon's host.
+        path: PathBuf,
+    },
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Daemon { config, root, state, log_level, log_format } = cli.command {
+        init_tracing(&log_level, log_format);
+        let cfg = daemon::effective_config(&daemon::Overrides { config, root, state, address: cli.address })?;
+        return daemon::run(cfg).await;
+    }
+    let socket = cli.address.unwrap_or_else(|| PathBuf::from(config::DEFAULT_ADDRESS));
+    let ch = cli::connect(&socket).await?;
+    match cli.command {
+        Command::Daemon { .. } => Ok(()),
+        Command::Version => cli::version(ch).await,
+        Command::Info => cli::info(ch).await,
+        Command::Pull { image, creds } => cli::pull(ch, &image, creds.as_deref()).await,
+        Command::Images { quiet, digests } => cli::images(ch, quiet, digests).await,
+        Command::Inspecti { image } => cli::inspecti(ch, &image).await,
+        Command::Rmi { images } => cli::rmi(ch, &images).await,
+        Command::Image { command: ImageCommand::Import { path } } => cli::import(ch, &path).await,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unicri: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! One file per implemented CRI RPC, named after it.
+
+pub mod image_fs_info;
+pub mod image_status;
+pub mod list_images;
+pub mod pull_image;
+pub mod remove_image;
+pub mod runtime_config;
+pub mod status;
+pub mod update_runtime_config;
+pub mod version;
+
+use unicri_proto::v1;
+
+use crate::images::{StoredImage, split_user};
+
+/// A stored image as CRI's `Image`.
+pub(crate) fn to_cri_image(img: &StoredImage) -> v1::Image {
+    let (uid, username) = split_user(&img.record.user);
+    v1::Image {
+        id: img.row.id.clone(),
+        repo_tags: img.row.tags.clone(),
+        repo_digests: img.row.digests.clone(),
+        size: img.row.size.max(1),
+        uid: uid.map(|value| v1::Int64Value { value }),
+        username,
+        spec: Some(v1::ImageSpec { image: img.row.id.clone(), ..Default::default() }),
+        pinned: img.row.pinned,
+    }
+}

@@ -1,0 +1,19 @@
+//! `RemoveImage`: by id, prefix, tag or digest; removes the image with all its names.
+//! Idempotent: an image that is already gone is not an error.
+
+use unicri_proto::v1;
+
+use crate::error::CriError;
+use crate::server::Cri;
+
+pub(crate) async fn remove_image(cri: &Cri, req: v1::RemoveImageRequest) -> Result<v1::RemoveImageResponse, CriError> {
+    let spec = req.image.map(|s| s.image).unwrap_or_default();
+    if spec.trim().is_empty() {
+        return Err(CriError::invalid("image reference is empty"));
+    }
+    match cri.images.remove(&spec).await? {
+        Some(id) => tracing::info!(image = %spec, id = %id, "removed"),
+        None => tracing::info!(image = %spec, "not present; nothing to remove"),
+    }
+    Ok(v1::RemoveImageResponse {})
+}

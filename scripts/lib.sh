@@ -1,0 +1,38 @@
+# Shared by scripts/start and scripts/test: install what unicri needs on Debian 12.
+# Sourced, not run.
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "unicri: $0 must run as root (it installs packages and runs a container runtime)" >&2
+        exit 1
+    fi
+}
+
+# apt_install PKG...: installs the packages that are missing, running `apt-get update` once.
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "unicri: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Packages to build and run the daemon.
+RUNTIME_PACKAGES=(ca-certificates pkg-config libssl-dev gcc)
+# Extra packages for the test suite: a real registry, htpasswd, busybox for test images.
+TEST_PACKAGES=(docker-registry apache2-utils busybox iproute2 util-linux)
+
+need_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        for d in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
+            [ -x "$d/cargo" ] && export PATH="$d:$PATH" && break
+        done
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "unicri: cargo (Rust >= 1.88) is required; install a Rust toolchain with rustup" >&2
+        exit 1
+    fi
+}

@@ -1,0 +1,424 @@
+//! unicri's source of truth: one SQLite database under the daemon's root, through sqlx.
+//!
+//! * WAL journal, foreign keys on, a busy timeout; migrations embedded from `migrations/` and
+//!   append-only.
+//! * Each public method is one transaction. Callers never see SQL.
+//! * Images are stored as an opaque JSON record (owned by the image service) plus their names.
+//! * The operation journal ([`Store::journal_begin`]) is how multi-step operations survive a crash.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use unicri_sandbox::{Classify, ErrorKind};
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or creating the database file failed.
+    #[error("open state database {path}: {source}")]
+    Open {
+        /// Database file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the embedded migrations failed.
+    #[error("migrate state database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("{op}: {source}")]
+    Query {
+        /// The operation that failed, e.g. `put image`.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Internal
+    }
+}
+
+fn q(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+/// How an image name refers to its image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameKind {
+    /// `registry/repo:tag`
+    Tag,
+    /// `registry/repo@sha256:...`
+    Digest,
+}
+
+impl NameKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            NameKind::Tag => "tag",
+            NameKind::Digest => "digest",
+        }
+    }
+}
+
+/// One image as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageRow {
+    /// Image id (`sha256:<config digest>`).
+    pub id: String,
+    /// The image service's JSON record.
+    pub record: String,
+    /// Size in bytes as reported to CRI.
+    pub size: u64,
+    /// Pinned images are never garbage-collected by kubelet.
+    pub pinned: bool,
+    /// Tag names, sorted.
+    pub tags: Vec<String>,
+    /// Digest names, sorted.
+    pub digests: Vec<String>,
+}
+
+/// An operation that began and has not finished.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenOperation {
+    /// Journal row id.
+    pub id: i64,
+    /// Kind, e.g. `run_pod_sandbox`.
+    pub kind: String,
+    /// The object the operation creates or changes.
+    pub object_id: String,
+    /// Operation-specific JSON.
+    pub payload: String,
+}
+
+/// The state store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Inserts or updates an image and points `names` at it, moving any name that pointed to
+    /// another image.
+    pub async fn put_image(
+        &self,
+        id: &str,
+        record: &str,
+        size: u64,
+        names: &[(String, NameKind)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(q("begin put image"))?;
+        sqlx::query(
+            "INSERT INTO images (id, record, size, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET record = excluded.record, size = excluded.size",
+        )
+        .bind(id)
+        .bind(record)
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await
+        .map_err(q("put image"))?;
+        for (name, kind) in names {
+            sqlx::query(
+                "INSERT INTO image_names (name, kind, image_id) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, image_id = excluded.image_id",
+            )
+            .bind(name)
+            .bind(kind.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("put image name"))?;
+        }
+        tx.commit().await.map_err(q("commit put image"))?;
+        Ok(())
+    }
+
+    async fn names_of(&self, id: &str) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let rows = sqlx::query("SELECT name, kind FROM image_names WHERE image_id = ?1 ORDER BY name")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list image names"))?;
+        let mut tags = Vec::new();
+        let mut digests = Vec::new();
+        for r in rows {
+            let name: String = r.get(0);
+            let kind: String = r.get(1);
+            if kind == "tag" {
+                tags.push(name);
+            } else {
+                digests.push(name);
+            }
+        }
+        Ok((tags, digests))
+    }
+
+    async fn row_to_image(&self, r: sqlx::sqlite::SqliteRow) -> Result<ImageRow, StoreError> {
+        let id: String = r.get(0);
+        let (tags, digests) = self.names_of(&id).await?;
+        Ok(ImageRow {
+            record: r.get(1),
+            size: u64::try_from(r.get::<i64, _>(2)).unwrap_or(0),
+            pinned: r.get::<i64, _>(3) != 0,
+            id,
+            tags,
+            digests,
+        })
+    }
+
+    /// The image with exactly this id.
+    pub async fn image_by_id(&self, id: &str) -> Result<Option<ImageRow>, StoreError> {
+        let row = sqlx::query("SELECT id, record, size, pinned FROM images WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get image"))?;
+        match row {
+            Some(r) => Ok(Some(self.row_to_image(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The image a full tag or digest name points to.
+    pub async fn image_by_name(&self, name: &str) -> Result<Option<ImageRow>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar("SELECT image_id FROM image_names WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get image by name"))?;
+        match id {
+            Some(id) => self.image_by_id(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Ids of images whose id starts with `sha256:<prefix>`.
+    pub async fn image_ids_with_prefix(&self, hex_prefix: &str) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("sha256:{}%", hex_prefix.replace(['%', '_'], ""));
+        sqlx::query_scalar("SELECT id FROM images WHERE id LIKE ?1 ORDER BY id")
+            .bind(pattern)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("find images by id prefix"))
+    }
+
+    /// Every image, ordered by id.
+    pub async fn list_images(&self) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, record, size, pinned FROM images ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list images"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.row_to_image(r).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes an image and all its names. Returns whether it existed.
+    pub async fn delete_image(&self, id: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM images WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete image"))?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Records the start of a multi-step operation; returns its journal id.
+    pub async fn journal_begin(
+        &self,
+        kind: &str,
+        object_id: &str,
+        payload: &str,
+    ) -> Result<i64, StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO operations (kind, object_id, payload, started_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(kind)
+        .bind(object_id)
+        .bind(payload)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await
+        .map_err(q("journal begin"))?;
+        Ok(res.last_insert_rowid())
+    }
+
+    /// Marks a journaled operation finished (completed or rolled back).
+    pub async fn journal_finish(&self, op_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE operations SET finished_at = ?2 WHERE id = ?1")
+            .bind(op_id)
+            .bind(now_secs())
+            .execute(&self.pool)
+            .await
+            .map_err(q("journal finish"))?;
+        Ok(())
+    }
+
+    /// Operations that began and never finished, oldest first: recovery's work list.
+    pub async fn journal_open(&self) -> Result<Vec<OpenOperation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, object_id, payload FROM operations WHERE finished_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("journal list open"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OpenOperation {
+                id: r.get(0),
+                kind: r.get(1),
+                object_id: r.get(2),
+                payload: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Deletes finished journal rows older than `max_age_secs`.
+    pub async fn journal_prune(&self, max_age_secs: i64) -> Result<u64, StoreError> {
+        let res = sqlx::query(
+            "DELETE FROM operations WHERE finished_at IS NOT NULL AND finished_at < ?1",
+        )
+        .bind(now_secs() - max_age_secs)
+        .execute(&self.pool)
+        .await
+        .map_err(q("journal prune"))?;
+        Ok(res.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).await.unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn open_sets_wal_and_foreign_keys() {
+        let (_d, s) = store().await;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&s.pool).await.unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&s.pool).await.unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_does_not_remigrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).await.unwrap();
+            s.put_image("sha256:aa", "{}", 10, &[("r/x:1".into(), NameKind::Tag)]).await.unwrap();
+            s.close().await;
+        }
+        let s = Store::open(&path).await.unwrap();
+        let img = s.image_by_name("r/x:1").await.unwrap().unwrap();
+        assert_eq!(img.id, "sha256:aa");
+        assert_eq!(img.size, 10);
+    }
+
+    #[tokio::test]
+    async fn names_move_between_images_and_cascade_on_delete() {
+        let (_d, s) = store().await;
+        s.put_image(
+            "sha256:aa",
+            "{}",
+            1,
+            &[("r/x:1".into(), NameKind::Tag), ("r/x@sha256:m1".into(), NameKind::Digest)],
+        )
+        .await
+        .unwrap();
+        s.put_image("sha256:bb", "{}", 2, &[("r/x:1".into(), NameKind::Tag)]).await.unwrap();
+        let a = s.image_by_id("sha256:aa").await.unwrap().unwrap();
+        assert!(a.tags.is_empty(), "tag moved away");
+        assert_eq!(a.digests, vec!["r/x@sha256:m1".to_string()]);
+        let b = s.image_by_name("r/x:1").await.unwrap().unwrap();
+        assert_eq!(b.id, "sha256:bb");
+
+        assert!(s.delete_image("sha256:aa").await.unwrap());
+        assert!(!s.delete_image("sha256:aa").await.unwrap());
+        assert!(s.image_by_name("r/x@sha256:m1").await.unwrap().is_none());
+        assert_eq!(s.list_images().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn id_prefix_lookup() {
+        let (_d, s) = store().await;
+        s.put_image("sha256:abc1", "{}", 1, &[]).await.unwrap();
+        s.put_image("sha256:abc2", "{}", 1, &[]).await.unwrap();
+        s.put_image("sha256:def", "{}", 1, &[]).await.unwrap();
+        assert_eq!(s.image_ids_with_prefix("abc").await.unwrap().len(), 2);
+        assert_eq!(s.image_ids_with_prefix("abc2").await.unwrap(), vec!["sha256:abc2"]);
+        assert!(s.image_ids_with_prefix("%").await.unwrap().len() <= 3);
+    }
+
+    #[tokio::test]
+    async fn journal_tracks_open_operations() {
+        let (_d, s) = store().await;
+        let a = s.journal_begin("run_pod_sandbox", "p1", "{}").await.unwrap();
+        let b = s.journal_begin("create_container", "c1", "{\"pod\":\"p1\"}").await.unwrap();
+        s.journal_finish(a).await.unwrap();
+        let open = s.journal_open().await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].id, b);
+        assert_eq!(open[0].kind, "create_container");
+    }
+
+    #[tokio::test]
+    async fn foreign_keys_are_enforced() {
+        let (_d, s) = store().await;
+        let err = sqlx::query(
+            "INSERT INTO containers (id, pod_id, name, attempt, image_id, state, created_at, config)
+             VALUES ('c', 'no-such-pod', 'n', 0, 'i', 'created', 0, x'')",
+        )
+        .execute(&s.pool)
+        .await;
+        assert!(err.is_err(), "a container row without its pod must be refused");
+    }
+}
