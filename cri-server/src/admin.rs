@@ -33,7 +33,8 @@ impl PullProgress for ChannelProgress {
     }
 }
 
-type ProgressStream = Pin<Box<dyn Stream<Item = Result<admin::PullProgress, Status>> + Send + 'static>>;
+type ProgressStream =
+    Pin<Box<dyn Stream<Item = Result<admin::PullProgress, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl admin::admin_server::Admin for Admin {
@@ -50,7 +51,11 @@ impl admin::admin_server::Admin for Admin {
             Ok(admin::ImportImagesResponse {
                 images: imported
                     .into_iter()
-                    .map(|i| admin::ImportedImage { id: i.row.id, repo_tags: i.row.tags, repo_digests: i.row.digests })
+                    .map(|i| admin::ImportedImage {
+                        id: i.row.id,
+                        repo_tags: i.row.tags,
+                        repo_digests: i.row.digests,
+                    })
                     .collect(),
             })
         })
@@ -77,8 +82,15 @@ impl admin::admin_server::Admin for Admin {
             let cri = self.cri.clone();
             let progress: Arc<dyn PullProgress> = Arc::new(ChannelProgress(tx.clone()));
             tokio::spawn(async move {
-                let last = match cri.images.pull(req.image.trim(), creds, Some(progress)).await {
-                    Ok(img) => Ok(admin::PullProgress { image_ref: img.row.id, ..Default::default() }),
+                let last = match cri
+                    .images
+                    .pull(req.image.trim(), creds, Some(progress))
+                    .await
+                {
+                    Ok(img) => Ok(admin::PullProgress {
+                        image_ref: img.row.id,
+                        ..Default::default()
+                    }),
                     Err(e) => Err(Status::from(e)),
                 };
                 let _ = tx.send(last).await;

@@ -21,7 +21,12 @@ pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
-        .with_context(|| format!("connect to unicri at {} (is the daemon running?)", socket.display()))?;
+        .with_context(|| {
+            format!(
+                "connect to unicri at {} (is the daemon running?)",
+                socket.display()
+            )
+        })?;
     Ok(channel)
 }
 
@@ -32,7 +37,9 @@ fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
 /// `unicri version`
 pub async fn version(ch: Channel) -> anyhow::Result<()> {
     let v = RuntimeServiceClient::new(ch)
-        .version(v1::VersionRequest { version: String::new() })
+        .version(v1::VersionRequest {
+            version: String::new(),
+        })
         .await
         .map_err(|s| status_err("version", s))?
         .into_inner();
@@ -80,10 +87,17 @@ pub async fn pull(ch: Channel, image: &str, creds: Option<&str>) -> anyhow::Resu
     let image_ref = if std::io::stderr().is_terminal() {
         pull_with_progress(ch, image, username, password).await?
     } else {
-        let auth = (!username.is_empty()).then(|| v1::AuthConfig { username, password, ..Default::default() });
+        let auth = (!username.is_empty()).then(|| v1::AuthConfig {
+            username,
+            password,
+            ..Default::default()
+        });
         ImageServiceClient::new(ch)
             .pull_image(v1::PullImageRequest {
-                image: Some(v1::ImageSpec { image: image.to_string(), ..Default::default() }),
+                image: Some(v1::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
                 auth,
                 sandbox_config: None,
             })
@@ -96,7 +110,12 @@ pub async fn pull(ch: Channel, image: &str, creds: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
-async fn pull_with_progress(ch: Channel, image: &str, username: String, password: String) -> anyhow::Result<String> {
+async fn pull_with_progress(
+    ch: Channel,
+    image: &str,
+    username: String,
+    password: String,
+) -> anyhow::Result<String> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let mut stream = AdminClient::new(ch)
         .pull_image_with_progress(unicri_proto::admin::PullImageWithProgressRequest {
@@ -108,11 +127,17 @@ async fn pull_with_progress(ch: Channel, image: &str, username: String, password
         .map_err(|s| status_err("pull image", s))?
         .into_inner();
     let multi = MultiProgress::new();
-    let style = ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(
+        "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     let mut bars: std::collections::HashMap<String, ProgressBar> = std::collections::HashMap::new();
-    while let Some(msg) = stream.message().await.map_err(|s| status_err("pull image", s))? {
+    while let Some(msg) = stream
+        .message()
+        .await
+        .map_err(|s| status_err("pull image", s))?
+    {
         if !msg.image_ref.is_empty() {
             for b in bars.values() {
                 b.finish();
@@ -122,7 +147,12 @@ async fn pull_with_progress(ch: Channel, image: &str, username: String, password
         let bar = bars.entry(msg.layer_digest.clone()).or_insert_with(|| {
             let b = multi.add(ProgressBar::new(msg.total));
             b.set_style(style.clone());
-            let short = msg.layer_digest.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+            let short = msg
+                .layer_digest
+                .trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>();
             b.set_prefix(short);
             b
         });
@@ -142,7 +172,11 @@ fn human_size(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n}B") } else { format!("{v:.3}{}", UNITS[u]) }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.3}{}", UNITS[u])
+    }
 }
 
 fn split_repo_tag(name: &str) -> (&str, &str) {
@@ -168,27 +202,55 @@ pub async fn images(ch: Channel, quiet: bool, digests: bool) -> anyhow::Result<(
     }
     let mut rows = vec![];
     for i in &list {
-        let short_id: String = i.id.trim_start_matches("sha256:").chars().take(13).collect();
+        let short_id: String =
+            i.id.trim_start_matches("sha256:")
+                .chars()
+                .take(13)
+                .collect();
         let digest = i
             .repo_digests
             .first()
             .and_then(|d| d.split_once('@'))
-            .map(|(_, d)| d.trim_start_matches("sha256:").chars().take(13).collect::<String>())
+            .map(|(_, d)| {
+                d.trim_start_matches("sha256:")
+                    .chars()
+                    .take(13)
+                    .collect::<String>()
+            })
             .unwrap_or_else(|| "<none>".into());
         if i.repo_tags.is_empty() {
-            let repo = i.repo_digests.first().and_then(|d| d.split_once('@')).map_or("<none>", |(r, _)| r);
-            rows.push((repo.to_string(), "<none>".to_string(), digest, short_id, human_size(i.size)));
+            let repo = i
+                .repo_digests
+                .first()
+                .and_then(|d| d.split_once('@'))
+                .map_or("<none>", |(r, _)| r);
+            rows.push((
+                repo.to_string(),
+                "<none>".to_string(),
+                digest,
+                short_id,
+                human_size(i.size),
+            ));
         } else {
             for t in &i.repo_tags {
                 let (r, tag) = split_repo_tag(t);
-                rows.push((r.to_string(), tag.to_string(), digest.clone(), short_id.clone(), human_size(i.size)));
+                rows.push((
+                    r.to_string(),
+                    tag.to_string(),
+                    digest.clone(),
+                    short_id.clone(),
+                    human_size(i.size),
+                ));
             }
         }
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(5);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(3);
     if digests {
-        println!("{:w0$}   {:w1$}   {:13}   {:13}   SIZE", "IMAGE", "TAG", "DIGEST", "IMAGE ID");
+        println!(
+            "{:w0$}   {:w1$}   {:13}   {:13}   SIZE",
+            "IMAGE", "TAG", "DIGEST", "IMAGE ID"
+        );
     } else {
         println!("{:w0$}   {:w1$}   {:13}   SIZE", "IMAGE", "TAG", "IMAGE ID");
     }
@@ -206,7 +268,10 @@ pub async fn images(ch: Channel, quiet: bool, digests: bool) -> anyhow::Result<(
 pub async fn inspecti(ch: Channel, image: &str) -> anyhow::Result<()> {
     let resp = ImageServiceClient::new(ch)
         .image_status(v1::ImageStatusRequest {
-            image: Some(v1::ImageSpec { image: image.to_string(), ..Default::default() }),
+            image: Some(v1::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
             verbose: true,
         })
         .await
@@ -241,9 +306,15 @@ pub async fn rmi(ch: Channel, images: &[String]) -> anyhow::Result<()> {
     let mut client = ImageServiceClient::new(ch);
     let mut failed = false;
     for image in images {
-        let spec = Some(v1::ImageSpec { image: image.clone(), ..Default::default() });
+        let spec = Some(v1::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        });
         let status = client
-            .image_status(v1::ImageStatusRequest { image: spec.clone(), verbose: false })
+            .image_status(v1::ImageStatusRequest {
+                image: spec.clone(),
+                verbose: false,
+            })
             .await
             .map_err(|s| status_err("image status", s))?
             .into_inner();
@@ -253,7 +324,12 @@ pub async fn rmi(ch: Channel, images: &[String]) -> anyhow::Result<()> {
             continue;
         };
         client
-            .remove_image(v1::RemoveImageRequest { image: Some(v1::ImageSpec { image: img.id.clone(), ..Default::default() }) })
+            .remove_image(v1::RemoveImageRequest {
+                image: Some(v1::ImageSpec {
+                    image: img.id.clone(),
+                    ..Default::default()
+                }),
+            })
             .await
             .map_err(|s| status_err("remove image", s))?;
         for t in img.repo_tags.iter().chain(img.repo_digests.iter()) {
@@ -269,14 +345,25 @@ pub async fn rmi(ch: Channel, images: &[String]) -> anyhow::Result<()> {
 
 /// `unicri image import`
 pub async fn import(ch: Channel, path: &Path) -> anyhow::Result<()> {
-    let abs = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) };
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
     let resp = AdminClient::new(ch)
-        .import_images(unicri_proto::admin::ImportImagesRequest { path: abs.display().to_string() })
+        .import_images(unicri_proto::admin::ImportImagesRequest {
+            path: abs.display().to_string(),
+        })
         .await
         .map_err(|s| status_err("import", s))?
         .into_inner();
     for i in resp.images {
-        let names: Vec<_> = i.repo_tags.iter().chain(i.repo_digests.iter()).cloned().collect();
+        let names: Vec<_> = i
+            .repo_tags
+            .iter()
+            .chain(i.repo_digests.iter())
+            .cloned()
+            .collect();
         println!("imported {} {}", i.id, names.join(" "));
     }
     Ok(())
@@ -290,8 +377,17 @@ mod tests {
     fn sizes_and_tags_format_like_crictl() {
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(1_234_567), "1.235MB");
-        assert_eq!(split_repo_tag("docker.io/library/busybox:latest"), ("docker.io/library/busybox", "latest"));
-        assert_eq!(split_repo_tag("localhost:5000/x"), ("localhost:5000/x", "<none>"));
-        assert_eq!(split_repo_tag("localhost:5000/x:1"), ("localhost:5000/x", "1"));
+        assert_eq!(
+            split_repo_tag("docker.io/library/busybox:latest"),
+            ("docker.io/library/busybox", "latest")
+        );
+        assert_eq!(
+            split_repo_tag("localhost:5000/x"),
+            ("localhost:5000/x", "<none>")
+        );
+        assert_eq!(
+            split_repo_tag("localhost:5000/x:1"),
+            ("localhost:5000/x", "1")
+        );
     }
 }

@@ -107,7 +107,10 @@ impl Default for Config {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        Self { address: PathBuf::from(DEFAULT_ADDRESS), max_recv_message_size: 16 * 1024 * 1024 }
+        Self {
+            address: PathBuf::from(DEFAULT_ADDRESS),
+            max_recv_message_size: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -172,23 +175,41 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
-            Err(source) => Err(ConfigError::Read { path: path.to_path_buf(), source }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
     /// Checks values that TOML types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (what, p) in [("root", &self.root), ("state", &self.state), ("grpc.address", &self.grpc.address)] {
+        for (what, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("grpc.address", &self.grpc.address),
+        ] {
             if !p.is_absolute() {
-                return Err(ConfigError::Invalid(format!("{what} must be an absolute path, got {}", p.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "{what} must be an absolute path, got {}",
+                    p.display()
+                )));
             }
         }
         if self.registry.max_concurrent_downloads == 0 {
-            return Err(ConfigError::Invalid("registry.max_concurrent_downloads must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "registry.max_concurrent_downloads must be at least 1".into(),
+            ));
         }
         for name in self.runtimes.keys() {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-                return Err(ConfigError::Invalid(format!("runtime handler name {name:?} is not a DNS-label-like name")));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "runtime handler name {name:?} is not a DNS-label-like name"
+                )));
             }
         }
         Ok(())
@@ -197,7 +218,11 @@ impl Config {
     /// The backend for a CRI runtime handler; the empty handler means `linux`.
     pub fn backend_for(&self, handler: &str) -> Option<Backend> {
         if handler.is_empty() {
-            return Some(self.runtimes.get("linux").map_or(Backend::Linux, |r| r.backend));
+            return Some(
+                self.runtimes
+                    .get("linux")
+                    .map_or(Backend::Linux, |r| r.backend),
+            );
         }
         self.runtimes.get(handler).map(|r| r.backend)
     }
@@ -242,7 +267,10 @@ backend = "wasm"
         assert_eq!(c.root, PathBuf::from("/srv/unicri"));
         assert_eq!(c.backend_for("kata"), Some(Backend::Vm));
         assert_eq!(c.backend_for("spin"), Some(Backend::Wasm));
-        assert_eq!(c.registry.credentials_file, Some(PathBuf::from("/etc/u/auth.json")));
+        assert_eq!(
+            c.registry.credentials_file,
+            Some(PathBuf::from("/etc/u/auth.json"))
+        );
     }
 
     #[test]
@@ -251,14 +279,17 @@ backend = "wasm"
         assert!(e.to_string().contains("mirrorz"), "{e}");
         let e = Config::parse("rooot = \"/x\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("rooot"), "{e}");
-        let e = Config::parse("[runtimes.x]\nbackend = \"bsd\"\n", Path::new("c.toml")).unwrap_err();
+        let e =
+            Config::parse("[runtimes.x]\nbackend = \"bsd\"\n", Path::new("c.toml")).unwrap_err();
         assert!(e.to_string().contains("bsd"), "{e}");
     }
 
     #[test]
     fn relative_paths_and_bad_values_are_refused() {
         assert!(Config::parse("root = \"rel\"\n", Path::new("c")).is_err());
-        assert!(Config::parse("[registry]\nmax_concurrent_downloads = 0\n", Path::new("c")).is_err());
+        assert!(
+            Config::parse("[registry]\nmax_concurrent_downloads = 0\n", Path::new("c")).is_err()
+        );
     }
 
     #[test]

@@ -59,7 +59,8 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
 
 fn make_dir(p: &Path, mode: u32) -> anyhow::Result<()> {
     fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", p.display()))?;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", p.display()))?;
     Ok(())
 }
 
@@ -72,9 +73,9 @@ fn lock_root(root: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
         .write(true)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        anyhow::anyhow!("another unicri daemon holds {} ({errno})", path.display())
-    })
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| anyhow::anyhow!("another unicri daemon holds {} ({errno})", path.display()),
+    )
 }
 
 /// Binds the CRI socket: a stale socket file is replaced, a live one is an error. Mode 0660.
@@ -96,7 +97,10 @@ async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; only kill will stop the daemon");
         std::future::pending::<()>().await;
         return;
@@ -113,8 +117,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     make_dir(&cfg.state, 0o711)?;
     let _lock = lock_root(&cfg.root)?;
 
-    let store = Store::open(&cfg.root.join("state.db")).await.context("open state store")?;
-    let hosts_dir = cfg.registry.config_path.is_dir().then(|| cfg.registry.config_path.clone());
+    let store = Store::open(&cfg.root.join("state.db"))
+        .await
+        .context("open state store")?;
+    let hosts_dir = cfg
+        .registry
+        .config_path
+        .is_dir()
+        .then(|| cfg.registry.config_path.clone());
     if hosts_dir.is_none() {
         tracing::info!(path = %cfg.registry.config_path.display(), "no registry hosts dir; using registry defaults");
     }
@@ -130,7 +140,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let images = Arc::new(Images::new(Arc::new(image_service), store.clone()));
     let max_msg = cfg.grpc.max_recv_message_size;
     let address = cfg.grpc.address.clone();
-    let cri = Arc::new(Cri { config: Arc::new(cfg), images });
+    let cri = Arc::new(Cri {
+        config: Arc::new(cfg),
+        images,
+    });
 
     let listener = bind_socket(&address).await?;
     tracing::info!(address = %address.display(), version = env!("CARGO_PKG_VERSION"), "serving CRI v1");

@@ -16,7 +16,10 @@ pub struct CriError {
 impl CriError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     /// `InvalidArgument`.
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -28,12 +31,22 @@ impl CriError {
     }
     /// `Unimplemented`, naming the RPC and where it will come from.
     pub fn unimplemented(rpc: &str, when: &str) -> Self {
-        Self::new(ErrorKind::Unimplemented, format!("{rpc} is not implemented yet in unicri ({when})"))
+        Self::new(
+            ErrorKind::Unimplemented,
+            format!("{rpc} is not implemented yet in unicri ({when})"),
+        )
     }
     /// Wraps any classified error, prefixing context.
     pub fn from_classified<E: Classify + std::fmt::Display>(context: &str, e: &E) -> Self {
-        let message = if context.is_empty() { e.to_string() } else { format!("{context}: {e}") };
-        Self { kind: e.kind(), message }
+        let message = if context.is_empty() {
+            e.to_string()
+        } else {
+            format!("{context}: {e}")
+        };
+        Self {
+            kind: e.kind(),
+            message,
+        }
     }
 }
 
@@ -92,7 +105,8 @@ mod tests {
             ErrorKind::Unimplemented,
             ErrorKind::Internal,
         ];
-        let codes: std::collections::HashSet<_> = kinds.iter().map(|k| code_for(*k) as i32).collect();
+        let codes: std::collections::HashSet<_> =
+            kinds.iter().map(|k| code_for(*k) as i32).collect();
         assert_eq!(codes.len(), kinds.len());
         let s: tonic::Status = CriError::not_found("image \"x\" not found").into();
         assert_eq!(s.code(), tonic::Code::NotFound);

@@ -30,13 +30,19 @@ pub struct StoredImage {
 }
 
 fn hex_only(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Images {
     /// Wraps the two halves.
     pub fn new(service: Arc<ImageService>, store: Store) -> Self {
-        Self { service, store, gc_lock: RwLock::new(()) }
+        Self {
+            service,
+            store,
+            gc_lock: RwLock::new(()),
+        }
     }
 
     /// The image service (for layer dirs, fs usage, verbose info).
@@ -63,7 +69,12 @@ impl Images {
         }
         if let Some(hex) = spec.strip_prefix("sha256:") {
             if hex.len() == 64 && hex_only(hex) {
-                return self.store.image_by_id(spec).await?.map(Self::decode).transpose();
+                return self
+                    .store
+                    .image_by_id(spec)
+                    .await?
+                    .map(Self::decode)
+                    .transpose();
             }
             return Err(CriError::invalid(format!("invalid image id {spec:?}")));
         }
@@ -76,7 +87,14 @@ impl Images {
             let ids = self.store.image_ids_with_prefix(spec).await?;
             match ids.as_slice() {
                 [] => {}
-                [one] => return self.store.image_by_id(one).await?.map(Self::decode).transpose(),
+                [one] => {
+                    return self
+                        .store
+                        .image_by_id(one)
+                        .await?
+                        .map(Self::decode)
+                        .transpose();
+                }
                 _ => {
                     return Err(CriError::invalid(format!(
                         "image id prefix {spec:?} is ambiguous ({} images)",
@@ -98,20 +116,46 @@ impl Images {
         creds: Option<Credentials>,
         progress: Option<Arc<dyn PullProgress>>,
     ) -> Result<StoredImage, CriError> {
-        let _shared = self.gc_lock.read().await;
-        let record = self.service.pull(reference, creds, progress).await?;
-        self.record(record).await
+        let result = {
+            let _shared = self.gc_lock.read().await;
+            match self.service.pull(reference, creds, progress).await {
+                Ok(record) => self.record(record).await,
+                Err(e) => Err(e.into()),
+            }
+        };
+        if result.is_err() {
+            self.collect_after_failure().await;
+        }
+        result
+    }
+
+    /// A failed pull or import may have unpacked some layers before failing on a later one:
+    /// collect them so no half image stays behind.
+    async fn collect_after_failure(&self) {
+        if let Err(e) = self.collect_garbage().await {
+            tracing::warn!(error = %e.message, "garbage collection after a failed pull");
+        }
     }
 
     /// Imports every image of an archive or layout at `path`.
     pub async fn import(&self, path: &std::path::Path) -> Result<Vec<StoredImage>, CriError> {
-        let _shared = self.gc_lock.read().await;
-        let records = self.service.import(path).await?;
-        let mut out = Vec::with_capacity(records.len());
-        for r in records {
-            out.push(self.record(r).await?);
+        let result = {
+            let _shared = self.gc_lock.read().await;
+            match self.service.import(path).await {
+                Ok(records) => {
+                    let mut out = Vec::with_capacity(records.len());
+                    for r in records {
+                        out.push(self.record(r).await?);
+                    }
+                    Ok(out)
+                }
+                Err(e) => Err(CriError::from(e)),
+            }
+        };
+        if result.is_err() {
+            self.collect_after_failure().await;
         }
-        Ok(out)
+        result
     }
 
     async fn record(&self, record: ImageRecord) -> Result<StoredImage, CriError> {
@@ -123,18 +167,31 @@ impl Images {
             names.push((record.repo_digest.clone(), NameKind::Digest));
         }
         let json = serde_json::to_string(&record).map_err(|e| {
-            CriError::new(unicri_sandbox::ErrorKind::Internal, format!("encode image record: {e}"))
+            CriError::new(
+                unicri_sandbox::ErrorKind::Internal,
+                format!("encode image record: {e}"),
+            )
         })?;
-        self.store.put_image(&record.id, &json, record.size, &names).await?;
+        self.store
+            .put_image(&record.id, &json, record.size, &names)
+            .await?;
         let row = self.store.image_by_id(&record.id).await?.ok_or_else(|| {
-            CriError::new(unicri_sandbox::ErrorKind::Internal, format!("image {} vanished after recording it", record.id))
+            CriError::new(
+                unicri_sandbox::ErrorKind::Internal,
+                format!("image {} vanished after recording it", record.id),
+            )
         })?;
         Ok(StoredImage { row, record })
     }
 
     /// Every stored image.
     pub async fn list(&self) -> Result<Vec<StoredImage>, CriError> {
-        self.store.list_images().await?.into_iter().map(Self::decode).collect()
+        self.store
+            .list_images()
+            .await?
+            .into_iter()
+            .map(Self::decode)
+            .collect()
     }
 
     /// Removes the image `spec` resolves to, with all its names, then collects content no image

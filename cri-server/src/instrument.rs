@@ -18,7 +18,11 @@ pub enum Level {
 }
 
 /// Runs `fut` as RPC `rpc`, logging and mapping its error.
-pub async fn rpc<T, F>(rpc: &'static str, level: Level, fut: F) -> Result<tonic::Response<T>, tonic::Status>
+pub async fn rpc<T, F>(
+    rpc: &'static str,
+    level: Level,
+    fut: F,
+) -> Result<tonic::Response<T>, tonic::Status>
 where
     F: Future<Output = Result<T, CriError>>,
 {
@@ -37,7 +41,10 @@ where
         }
         Err(e) => {
             let code = crate::error::code_for(e.kind);
-            if matches!(code, tonic::Code::Internal | tonic::Code::DataLoss | tonic::Code::Unavailable) {
+            if matches!(
+                code,
+                tonic::Code::Internal | tonic::Code::DataLoss | tonic::Code::Unavailable
+            ) {
                 tracing::error!(elapsed_ms, ?code, error = %e.message, "failed");
             } else {
                 tracing::info!(elapsed_ms, ?code, error = %e.message, "failed");

@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "unicri", version, about = "unicri: a Kubernetes container runtime (CRI v1) in one daemon")]
+#[command(
+    name = "unicri",
+    version,
+    about = "unicri: a Kubernetes container runtime (CRI v1) in one daemon"
+)]
 struct Cli {
     /// CRI socket: where the daemon listens / the CLI connects.
     #[arg(long, global = true, env = "UNICRI_ADDRESS")]
@@ -102,7 +106,9 @@ enum ImageCommand {
 fn init_tracing(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -110,12 +116,26 @@ fn init_tracing(level: &str, format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Daemon { config, root, state, log_level, log_format } = cli.command {
+    if let Command::Daemon {
+        config,
+        root,
+        state,
+        log_level,
+        log_format,
+    } = cli.command
+    {
         init_tracing(&log_level, log_format);
-        let cfg = daemon::effective_config(&daemon::Overrides { config, root, state, address: cli.address })?;
+        let cfg = daemon::effective_config(&daemon::Overrides {
+            config,
+            root,
+            state,
+            address: cli.address,
+        })?;
         return daemon::run(cfg).await;
     }
-    let socket = cli.address.unwrap_or_else(|| PathBuf::from(config::DEFAULT_ADDRESS));
+    let socket = cli
+        .address
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_ADDRESS));
     let ch = cli::connect(&socket).await?;
     match cli.command {
         Command::Daemon { .. } => Ok(()),
@@ -125,7 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images { quiet, digests } => cli::images(ch, quiet, digests).await,
         Command::Inspecti { image } => cli::inspecti(ch, &image).await,
         Command::Rmi { images } => cli::rmi(ch, &images).await,
-        Command::Image { command: ImageCommand::Import { path } } => cli::import(ch, &path).await,
+        Command::Image {
+            command: ImageCommand::Import { path },
+        } => cli::import(ch, &path).await,
     }
 }
 

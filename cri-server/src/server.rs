@@ -31,73 +31,131 @@ const SURFACE_ISSUE: &str = "arrives with the CRI surface issue";
 /// An RPC whose issue has not come yet: `Unimplemented`, saying when it will.
 macro_rules! not_yet {
     ($name:literal, $when:expr) => {
-        rpc($name, Level::Mutating, async { Err(CriError::unimplemented($name, $when)) }).await
+        rpc($name, Level::Mutating, async {
+            Err(CriError::unimplemented($name, $when))
+        })
+        .await
     };
 }
 
 #[tonic::async_trait]
 impl v1::runtime_service_server::RuntimeService for Cri {
     async fn version(&self, req: Request<v1::VersionRequest>) -> Resp<v1::VersionResponse> {
-        rpc("Version", Level::Polled, async { Ok(r::version::version(req.into_inner())) }).await
+        rpc("Version", Level::Polled, async {
+            Ok(r::version::version(req.into_inner()))
+        })
+        .await
     }
 
     async fn status(&self, req: Request<v1::StatusRequest>) -> Resp<v1::StatusResponse> {
-        rpc("Status", Level::Polled, r::status::status(self, req.into_inner())).await
+        rpc(
+            "Status",
+            Level::Polled,
+            r::status::status(self, req.into_inner()),
+        )
+        .await
     }
 
     async fn runtime_config(
         &self,
         req: Request<v1::RuntimeConfigRequest>,
     ) -> Resp<v1::RuntimeConfigResponse> {
-        rpc("RuntimeConfig", Level::Polled, async { Ok(r::runtime_config::runtime_config(req.into_inner())) }).await
+        rpc("RuntimeConfig", Level::Polled, async {
+            Ok(r::runtime_config::runtime_config(req.into_inner()))
+        })
+        .await
     }
 
     async fn update_runtime_config(
         &self,
         req: Request<v1::UpdateRuntimeConfigRequest>,
     ) -> Resp<v1::UpdateRuntimeConfigResponse> {
-        rpc("UpdateRuntimeConfig", Level::Mutating, r::update_runtime_config::update_runtime_config(req.into_inner())).await
+        rpc(
+            "UpdateRuntimeConfig",
+            Level::Mutating,
+            r::update_runtime_config::update_runtime_config(req.into_inner()),
+        )
+        .await
     }
 
-    async fn run_pod_sandbox(&self, _: Request<v1::RunPodSandboxRequest>) -> Resp<v1::RunPodSandboxResponse> {
+    async fn run_pod_sandbox(
+        &self,
+        _: Request<v1::RunPodSandboxRequest>,
+    ) -> Resp<v1::RunPodSandboxResponse> {
         not_yet!("RunPodSandbox", PODS_ISSUE)
     }
-    async fn stop_pod_sandbox(&self, _: Request<v1::StopPodSandboxRequest>) -> Resp<v1::StopPodSandboxResponse> {
+    async fn stop_pod_sandbox(
+        &self,
+        _: Request<v1::StopPodSandboxRequest>,
+    ) -> Resp<v1::StopPodSandboxResponse> {
         not_yet!("StopPodSandbox", PODS_ISSUE)
     }
-    async fn remove_pod_sandbox(&self, _: Request<v1::RemovePodSandboxRequest>) -> Resp<v1::RemovePodSandboxResponse> {
+    async fn remove_pod_sandbox(
+        &self,
+        _: Request<v1::RemovePodSandboxRequest>,
+    ) -> Resp<v1::RemovePodSandboxResponse> {
         not_yet!("RemovePodSandbox", PODS_ISSUE)
     }
-    async fn pod_sandbox_status(&self, _: Request<v1::PodSandboxStatusRequest>) -> Resp<v1::PodSandboxStatusResponse> {
+    async fn pod_sandbox_status(
+        &self,
+        _: Request<v1::PodSandboxStatusRequest>,
+    ) -> Resp<v1::PodSandboxStatusResponse> {
         not_yet!("PodSandboxStatus", PODS_ISSUE)
     }
-    async fn list_pod_sandbox(&self, _: Request<v1::ListPodSandboxRequest>) -> Resp<v1::ListPodSandboxResponse> {
+    async fn list_pod_sandbox(
+        &self,
+        _: Request<v1::ListPodSandboxRequest>,
+    ) -> Resp<v1::ListPodSandboxResponse> {
         not_yet!("ListPodSandbox", PODS_ISSUE)
     }
     type StreamPodSandboxesStream = BoxStream<v1::StreamPodSandboxesResponse>;
-    async fn stream_pod_sandboxes(&self, _: Request<v1::StreamPodSandboxesRequest>) -> Resp<Self::StreamPodSandboxesStream> {
+    async fn stream_pod_sandboxes(
+        &self,
+        _: Request<v1::StreamPodSandboxesRequest>,
+    ) -> Resp<Self::StreamPodSandboxesStream> {
         not_yet!("StreamPodSandboxes", PODS_ISSUE)
     }
-    async fn create_container(&self, _: Request<v1::CreateContainerRequest>) -> Resp<v1::CreateContainerResponse> {
+    async fn create_container(
+        &self,
+        _: Request<v1::CreateContainerRequest>,
+    ) -> Resp<v1::CreateContainerResponse> {
         not_yet!("CreateContainer", PODS_ISSUE)
     }
-    async fn start_container(&self, _: Request<v1::StartContainerRequest>) -> Resp<v1::StartContainerResponse> {
+    async fn start_container(
+        &self,
+        _: Request<v1::StartContainerRequest>,
+    ) -> Resp<v1::StartContainerResponse> {
         not_yet!("StartContainer", PODS_ISSUE)
     }
-    async fn stop_container(&self, _: Request<v1::StopContainerRequest>) -> Resp<v1::StopContainerResponse> {
+    async fn stop_container(
+        &self,
+        _: Request<v1::StopContainerRequest>,
+    ) -> Resp<v1::StopContainerResponse> {
         not_yet!("StopContainer", PODS_ISSUE)
     }
-    async fn remove_container(&self, _: Request<v1::RemoveContainerRequest>) -> Resp<v1::RemoveContainerResponse> {
+    async fn remove_container(
+        &self,
+        _: Request<v1::RemoveContainerRequest>,
+    ) -> Resp<v1::RemoveContainerResponse> {
         not_yet!("RemoveContainer", PODS_ISSUE)
     }
-    async fn list_containers(&self, _: Request<v1::ListContainersRequest>) -> Resp<v1::ListContainersResponse> {
+    async fn list_containers(
+        &self,
+        _: Request<v1::ListContainersRequest>,
+    ) -> Resp<v1::ListContainersResponse> {
         not_yet!("ListContainers", PODS_ISSUE)
     }
     type StreamContainersStream = BoxStream<v1::StreamContainersResponse>;
-    async fn stream_containers(&self, _: Request<v1::StreamContainersRequest>) -> Resp<Self::StreamContainersStream> {
+    async fn stream_containers(
+        &self,
+        _: Request<v1::StreamContainersRequest>,
+    ) -> Resp<Self::StreamContainersStream> {
         not_yet!("StreamContainers", PODS_ISSUE)
     }
-    async fn container_status(&self, _: Request<v1::ContainerStatusRequest>) -> Resp<v1::ContainerStatusResponse> {
+    async fn container_status(
+        &self,
+        _: Request<v1::ContainerStatusRequest>,
+    ) -> Resp<v1::ContainerStatusResponse> {
         not_yet!("ContainerStatus", PODS_ISSUE)
     }
     async fn update_container_resources(
@@ -106,7 +164,10 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     ) -> Resp<v1::UpdateContainerResourcesResponse> {
         not_yet!("UpdateContainerResources", SURFACE_ISSUE)
     }
-    async fn reopen_container_log(&self, _: Request<v1::ReopenContainerLogRequest>) -> Resp<v1::ReopenContainerLogResponse> {
+    async fn reopen_container_log(
+        &self,
+        _: Request<v1::ReopenContainerLogRequest>,
+    ) -> Resp<v1::ReopenContainerLogResponse> {
         not_yet!("ReopenContainerLog", PODS_ISSUE)
     }
     async fn exec_sync(&self, _: Request<v1::ExecSyncRequest>) -> Resp<v1::ExecSyncResponse> {
@@ -118,13 +179,22 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     async fn attach(&self, _: Request<v1::AttachRequest>) -> Resp<v1::AttachResponse> {
         not_yet!("Attach", SURFACE_ISSUE)
     }
-    async fn port_forward(&self, _: Request<v1::PortForwardRequest>) -> Resp<v1::PortForwardResponse> {
+    async fn port_forward(
+        &self,
+        _: Request<v1::PortForwardRequest>,
+    ) -> Resp<v1::PortForwardResponse> {
         not_yet!("PortForward", SURFACE_ISSUE)
     }
-    async fn container_stats(&self, _: Request<v1::ContainerStatsRequest>) -> Resp<v1::ContainerStatsResponse> {
+    async fn container_stats(
+        &self,
+        _: Request<v1::ContainerStatsRequest>,
+    ) -> Resp<v1::ContainerStatsResponse> {
         not_yet!("ContainerStats", SURFACE_ISSUE)
     }
-    async fn list_container_stats(&self, _: Request<v1::ListContainerStatsRequest>) -> Resp<v1::ListContainerStatsResponse> {
+    async fn list_container_stats(
+        &self,
+        _: Request<v1::ListContainerStatsRequest>,
+    ) -> Resp<v1::ListContainerStatsResponse> {
         not_yet!("ListContainerStats", SURFACE_ISSUE)
     }
     type StreamContainerStatsStream = BoxStream<v1::StreamContainerStatsResponse>;
@@ -134,7 +204,10 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     ) -> Resp<Self::StreamContainerStatsStream> {
         not_yet!("StreamContainerStats", SURFACE_ISSUE)
     }
-    async fn pod_sandbox_stats(&self, _: Request<v1::PodSandboxStatsRequest>) -> Resp<v1::PodSandboxStatsResponse> {
+    async fn pod_sandbox_stats(
+        &self,
+        _: Request<v1::PodSandboxStatsRequest>,
+    ) -> Resp<v1::PodSandboxStatsResponse> {
         not_yet!("PodSandboxStats", SURFACE_ISSUE)
     }
     async fn list_pod_sandbox_stats(
@@ -150,11 +223,17 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     ) -> Resp<Self::StreamPodSandboxStatsStream> {
         not_yet!("StreamPodSandboxStats", SURFACE_ISSUE)
     }
-    async fn checkpoint_container(&self, _: Request<v1::CheckpointContainerRequest>) -> Resp<v1::CheckpointContainerResponse> {
+    async fn checkpoint_container(
+        &self,
+        _: Request<v1::CheckpointContainerRequest>,
+    ) -> Resp<v1::CheckpointContainerResponse> {
         not_yet!("CheckpointContainer", "checkpointing is not planned")
     }
     type GetContainerEventsStream = BoxStream<v1::ContainerEventResponse>;
-    async fn get_container_events(&self, _: Request<v1::GetEventsRequest>) -> Resp<Self::GetContainerEventsStream> {
+    async fn get_container_events(
+        &self,
+        _: Request<v1::GetEventsRequest>,
+    ) -> Resp<Self::GetContainerEventsStream> {
         not_yet!("GetContainerEvents", SURFACE_ISSUE)
     }
     async fn list_metric_descriptors(
@@ -186,33 +265,74 @@ impl v1::runtime_service_server::RuntimeService for Cri {
 
 #[tonic::async_trait]
 impl v1::image_service_server::ImageService for Cri {
-    async fn list_images(&self, req: Request<v1::ListImagesRequest>) -> Resp<v1::ListImagesResponse> {
-        rpc("ListImages", Level::Polled, r::list_images::list_images(self, req.into_inner())).await
+    async fn list_images(
+        &self,
+        req: Request<v1::ListImagesRequest>,
+    ) -> Resp<v1::ListImagesResponse> {
+        rpc(
+            "ListImages",
+            Level::Polled,
+            r::list_images::list_images(self, req.into_inner()),
+        )
+        .await
     }
 
     type StreamImagesStream = BoxStream<v1::StreamImagesResponse>;
-    async fn stream_images(&self, req: Request<v1::StreamImagesRequest>) -> Resp<Self::StreamImagesStream> {
+    async fn stream_images(
+        &self,
+        req: Request<v1::StreamImagesRequest>,
+    ) -> Resp<Self::StreamImagesStream> {
         rpc("StreamImages", Level::Polled, async {
             let pages = r::list_images::stream_images(self, req.into_inner()).await?;
-            let s: Self::StreamImagesStream = Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
+            let s: Self::StreamImagesStream =
+                Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
             Ok(s)
         })
         .await
     }
 
-    async fn image_status(&self, req: Request<v1::ImageStatusRequest>) -> Resp<v1::ImageStatusResponse> {
-        rpc("ImageStatus", Level::Polled, r::image_status::image_status(self, req.into_inner())).await
+    async fn image_status(
+        &self,
+        req: Request<v1::ImageStatusRequest>,
+    ) -> Resp<v1::ImageStatusResponse> {
+        rpc(
+            "ImageStatus",
+            Level::Polled,
+            r::image_status::image_status(self, req.into_inner()),
+        )
+        .await
     }
 
     async fn pull_image(&self, req: Request<v1::PullImageRequest>) -> Resp<v1::PullImageResponse> {
-        rpc("PullImage", Level::Mutating, r::pull_image::pull_image(self, req.into_inner())).await
+        rpc(
+            "PullImage",
+            Level::Mutating,
+            r::pull_image::pull_image(self, req.into_inner()),
+        )
+        .await
     }
 
-    async fn remove_image(&self, req: Request<v1::RemoveImageRequest>) -> Resp<v1::RemoveImageResponse> {
-        rpc("RemoveImage", Level::Mutating, r::remove_image::remove_image(self, req.into_inner())).await
+    async fn remove_image(
+        &self,
+        req: Request<v1::RemoveImageRequest>,
+    ) -> Resp<v1::RemoveImageResponse> {
+        rpc(
+            "RemoveImage",
+            Level::Mutating,
+            r::remove_image::remove_image(self, req.into_inner()),
+        )
+        .await
     }
 
-    async fn image_fs_info(&self, req: Request<v1::ImageFsInfoRequest>) -> Resp<v1::ImageFsInfoResponse> {
-        rpc("ImageFsInfo", Level::Polled, r::image_fs_info::image_fs_info(self, req.into_inner())).await
+    async fn image_fs_info(
+        &self,
+        req: Request<v1::ImageFsInfoRequest>,
+    ) -> Resp<v1::ImageFsInfoResponse> {
+        rpc(
+            "ImageFsInfo",
+            Level::Polled,
+            r::image_fs_info::image_fs_info(self, req.into_inner()),
+        )
+        .await
     }
 }

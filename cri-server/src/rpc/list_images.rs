@@ -10,15 +10,29 @@ use crate::server::Cri;
 const STREAM_PAGE: usize = 100;
 
 async fn filtered(cri: &Cri, filter: Option<v1::ImageFilter>) -> Result<Vec<v1::Image>, CriError> {
-    let spec = filter.and_then(|f| f.image).map(|s| s.image).unwrap_or_default();
+    let spec = filter
+        .and_then(|f| f.image)
+        .map(|s| s.image)
+        .unwrap_or_default();
     if spec.trim().is_empty() {
         return Ok(cri.images.list().await?.iter().map(to_cri_image).collect());
     }
-    Ok(cri.images.resolve(&spec).await?.iter().map(to_cri_image).collect())
+    Ok(cri
+        .images
+        .resolve(&spec)
+        .await?
+        .iter()
+        .map(to_cri_image)
+        .collect())
 }
 
-pub(crate) async fn list_images(cri: &Cri, req: v1::ListImagesRequest) -> Result<v1::ListImagesResponse, CriError> {
-    Ok(v1::ListImagesResponse { images: filtered(cri, req.filter).await? })
+pub(crate) async fn list_images(
+    cri: &Cri,
+    req: v1::ListImagesRequest,
+) -> Result<v1::ListImagesResponse, CriError> {
+    Ok(v1::ListImagesResponse {
+        images: filtered(cri, req.filter).await?,
+    })
 }
 
 pub(crate) async fn stream_images(
@@ -26,5 +40,8 @@ pub(crate) async fn stream_images(
     req: v1::StreamImagesRequest,
 ) -> Result<Vec<v1::StreamImagesResponse>, CriError> {
     let all = filtered(cri, req.filter).await?;
-    Ok(all.chunks(STREAM_PAGE).map(|c| v1::StreamImagesResponse { images: c.to_vec() }).collect())
+    Ok(all
+        .chunks(STREAM_PAGE)
+        .map(|c| v1::StreamImagesResponse { images: c.to_vec() })
+        .collect())
 }

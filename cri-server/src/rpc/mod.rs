@@ -24,7 +24,10 @@ pub(crate) fn to_cri_image(img: &StoredImage) -> v1::Image {
         size: img.row.size.max(1),
         uid: uid.map(|value| v1::Int64Value { value }),
         username,
-        spec: Some(v1::ImageSpec { image: img.row.id.clone(), ..Default::default() }),
+        spec: Some(v1::ImageSpec {
+            image: img.row.id.clone(),
+            ..Default::default()
+        }),
         pinned: img.row.pinned,
     }
 }

@@ -6,7 +6,10 @@ use unicri_proto::v1;
 use crate::error::CriError;
 use crate::server::Cri;
 
-pub(crate) async fn remove_image(cri: &Cri, req: v1::RemoveImageRequest) -> Result<v1::RemoveImageResponse, CriError> {
+pub(crate) async fn remove_image(
+    cri: &Cri,
+    req: v1::RemoveImageRequest,
+) -> Result<v1::RemoveImageResponse, CriError> {
     let spec = req.image.map(|s| s.image).unwrap_or_default();
     if spec.trim().is_empty() {
         return Err(CriError::invalid("image reference is empty"));

@@ -5,6 +5,8 @@ use unicri_proto::v1;
 
 pub(crate) fn runtime_config(_req: v1::RuntimeConfigRequest) -> v1::RuntimeConfigResponse {
     v1::RuntimeConfigResponse {
-        linux: Some(v1::LinuxRuntimeConfiguration { cgroup_driver: v1::CgroupDriver::Cgroupfs as i32 }),
+        linux: Some(v1::LinuxRuntimeConfiguration {
+            cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
+        }),
     }
 }

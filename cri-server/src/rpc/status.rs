@@ -7,36 +7,54 @@ use unicri_proto::v1;
 use crate::error::CriError;
 use crate::server::Cri;
 
-pub(crate) async fn status(cri: &Cri, req: v1::StatusRequest) -> Result<v1::StatusResponse, CriError> {
+pub(crate) async fn status(
+    cri: &Cri,
+    req: v1::StatusRequest,
+) -> Result<v1::StatusResponse, CriError> {
     // No runtime backend exists yet: the daemon serves images, but cannot run a pod. Saying
     // RuntimeReady=true would make kubelet schedule pods onto a node that cannot run them.
     let runtime = v1::RuntimeCondition {
         r#type: "RuntimeReady".to_string(),
         status: false,
         reason: "NoRuntimeBackend".to_string(),
-        message: "unicri serves images; no runtime backend (linux, vm, wasm) is implemented yet".to_string(),
+        message: "unicri serves images; no runtime backend (linux, vm, wasm) is implemented yet"
+            .to_string(),
     };
     let network = v1::RuntimeCondition {
         r#type: "NetworkReady".to_string(),
         status: false,
         reason: "NetworkPluginNotReady".to_string(),
-        message: "cni: pod networking is not implemented yet (arrives with the linux pods issue)".to_string(),
+        message: "cni: pod networking is not implemented yet (arrives with the linux pods issue)"
+            .to_string(),
     };
     let mut info = HashMap::new();
     if req.verbose {
-        let config = serde_json::to_string(&*cri.config)
-            .map_err(|e| CriError::new(unicri_sandbox::ErrorKind::Internal, format!("encode config: {e}")))?;
+        let config = serde_json::to_string(&*cri.config).map_err(|e| {
+            CriError::new(
+                unicri_sandbox::ErrorKind::Internal,
+                format!("encode config: {e}"),
+            )
+        })?;
         info.insert("config".to_string(), config);
-        info.insert("registryHosts".to_string(), cri.images.service().hosts_summary().to_string());
+        info.insert(
+            "registryHosts".to_string(),
+            cri.images.service().hosts_summary().to_string(),
+        );
         info.insert("version".to_string(), env!("CARGO_PKG_VERSION").to_string());
         let handlers: serde_json::Map<String, serde_json::Value> = std::iter::once(String::new())
             .chain(cri.config.runtimes.keys().cloned())
             .map(|h| {
-                let backend = cri.config.backend_for(&h).map(|b| format!("{b:?}").to_lowercase());
+                let backend = cri
+                    .config
+                    .backend_for(&h)
+                    .map(|b| format!("{b:?}").to_lowercase());
                 (h, serde_json::json!(backend))
             })
             .collect();
-        info.insert("handlerBackends".to_string(), serde_json::Value::Object(handlers).to_string());
+        info.insert(
+            "handlerBackends".to_string(),
+            serde_json::Value::Object(handlers).to_string(),
+        );
     }
     let runtime_handlers = cri
         .config
@@ -44,13 +62,21 @@ pub(crate) async fn status(cri: &Cri, req: v1::StatusRequest) -> Result<v1::Stat
         .keys()
         .map(|name| v1::RuntimeHandler {
             name: name.clone(),
-            features: Some(v1::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            features: Some(v1::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            }),
         })
         .collect();
     Ok(v1::StatusResponse {
-        status: Some(v1::RuntimeStatus { conditions: vec![runtime, network] }),
+        status: Some(v1::RuntimeStatus {
+            conditions: vec![runtime, network],
+        }),
         info,
         runtime_handlers,
-        features: Some(v1::RuntimeFeatures { supplemental_groups_policy: false, user_namespaces_host_network: false }),
+        features: Some(v1::RuntimeFeatures {
+            supplemental_groups_policy: false,
+            user_namespaces_host_network: false,
+        }),
     })
 }

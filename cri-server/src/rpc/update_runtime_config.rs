@@ -14,11 +14,13 @@ pub(crate) async fn update_runtime_config(
         .map(|n| n.pod_cidr)
         .unwrap_or_default();
     for part in cidr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let ok = part
-            .split_once('/')
-            .is_some_and(|(ip, len)| ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128));
+        let ok = part.split_once('/').is_some_and(|(ip, len)| {
+            ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+        });
         if !ok {
-            return Err(CriError::invalid(format!("pod cidr {part:?} is not an address/prefix")));
+            return Err(CriError::invalid(format!(
+                "pod cidr {part:?} is not an address/prefix"
+            )));
         }
     }
     if !cidr.is_empty() {

@@ -1,0 +1,423 @@
+//! The pull pipeline: resolve → manifest (via index) → config → layers (parallel, singleflight
+//! per digest) → snapshots (parallel, singleflight per chain id) → [`ImageRecord`].
+//! Import reuses [`complete`] with every blob already in the store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::digest::{chain_ids, hex_of, sha256_digest};
+use crate::error::ImageError;
+use crate::manifest::{self, Manifest, Parsed};
+use crate::reference::Reference;
+use crate::store::BlobSpec;
+use crate::{Credentials, ImageRecord, Inner, LayerRecord, PullProgress};
+
+/// Where missing blobs come from.
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one per pull
+pub(crate) enum Source {
+    /// A registry.
+    Registry {
+        r: Reference,
+        creds: Option<Credentials>,
+        progress: Option<Arc<dyn PullProgress>>,
+    },
+    /// Everything is already in the store (import).
+    Local,
+}
+
+pub(crate) async fn pull(
+    inner: Arc<Inner>,
+    r: Reference,
+    creds: Option<Credentials>,
+    progress: Option<Arc<dyn PullProgress>>,
+) -> Result<ImageRecord, ImageError> {
+    let _gc = inner.gc_lock.read().await;
+    tracing::info!(reference = %r, "pulling image");
+    let limits = inner.limits.clone();
+    let first_limit = limits.max_manifest_bytes.max(limits.max_index_bytes);
+    let fm = inner
+        .registry
+        .fetch_manifest(&r, r.object(), creds.as_ref(), first_limit)
+        .await?;
+    let actual = sha256_digest(&fm.data);
+    if let Some(want) = &r.digest {
+        if &actual != want {
+            return Err(ImageError::DigestMismatch {
+                what: format!("manifest {r}"),
+                expected: want.clone(),
+                actual,
+            });
+        }
+    } else if let Some(hdr) = &fm.content_digest
+        && hdr.starts_with("sha256:")
+        && hdr != &actual
+    {
+        return Err(ImageError::DigestMismatch {
+            what: format!("manifest {r} (Docker-Content-Digest)"),
+            expected: hdr.clone(),
+            actual,
+        });
+    }
+    let resolved = actual;
+    let (parsed, _mt) = manifest::parse(&fm.data, fm.content_type.as_deref(), &resolved)?;
+    let (manifest, manifest_digest) = match parsed {
+        Parsed::Index(idx) => {
+            check_limit(
+                fm.data.len(),
+                limits.max_index_bytes,
+                &format!("index {resolved}"),
+            )?;
+            store_doc(
+                &inner,
+                &resolved,
+                fm.data.clone(),
+                limits.max_index_bytes,
+                "index",
+            )
+            .await?;
+            let desc = manifest::select_platform(&idx, &resolved)?;
+            if desc.size > limits.max_manifest_bytes {
+                return Err(ImageError::TooLarge {
+                    what: format!("manifest {}", desc.digest),
+                    limit: limits.max_manifest_bytes,
+                });
+            }
+            let m = inner
+                .registry
+                .fetch_manifest(&r, &desc.digest, creds.as_ref(), limits.max_manifest_bytes)
+                .await?;
+            let got = sha256_digest(&m.data);
+            if got != desc.digest {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("manifest {}", desc.digest),
+                    expected: desc.digest.clone(),
+                    actual: got,
+                });
+            }
+            if m.data.len() as u64 != desc.size {
+                return Err(ImageError::SizeMismatch {
+                    what: format!("manifest {}", desc.digest),
+                    expected: desc.size,
+                    actual: m.data.len() as u64,
+                });
+            }
+            let ct = if desc.media_type.is_empty() {
+                m.content_type.clone()
+            } else {
+                Some(desc.media_type.clone())
+            };
+            let (p, _) = manifest::parse(&m.data, ct.as_deref(), &desc.digest)?;
+            let Parsed::Manifest(man) = p else {
+                return Err(ImageError::Parse {
+                    what: format!("manifest {}", desc.digest),
+                    reason: "nested index is not supported".into(),
+                });
+            };
+            store_doc(
+                &inner,
+                &desc.digest,
+                m.data,
+                limits.max_manifest_bytes,
+                "manifest",
+            )
+            .await?;
+            (man, desc.digest)
+        }
+        Parsed::Manifest(man) => {
+            check_limit(
+                fm.data.len(),
+                limits.max_manifest_bytes,
+                &format!("manifest {resolved}"),
+            )?;
+            store_doc(
+                &inner,
+                &resolved,
+                fm.data.clone(),
+                limits.max_manifest_bytes,
+                "manifest",
+            )
+            .await?;
+            (man, resolved.clone())
+        }
+    };
+    let source = Source::Registry {
+        r: r.clone(),
+        creds,
+        progress,
+    };
+    let mut rec = complete(&inner, &source, &manifest, &manifest_digest).await?;
+    rec.repo_tag = if r.digest.is_none() { r.tagged() } else { None };
+    rec.repo_digest = format!("{}@{resolved}", r.name());
+    tracing::info!(reference = %r, id = %rec.id, size = rec.size, "pulled image");
+    Ok(rec)
+}
+
+fn check_limit(n: usize, limit: u64, what: &str) -> Result<(), ImageError> {
+    if n as u64 > limit {
+        return Err(ImageError::TooLarge {
+            what: what.to_string(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+async fn store_doc(
+    inner: &Inner,
+    digest: &str,
+    data: Bytes,
+    limit: u64,
+    what: &str,
+) -> Result<(), ImageError> {
+    let spec = BlobSpec {
+        digest,
+        size: Some(data.len() as u64),
+        limit,
+        what,
+    };
+    inner.store.write_bytes(&spec, data).await
+}
+
+/// Fetches config and layers, unpacks, and builds the record (names left empty).
+pub(crate) async fn complete(
+    inner: &Arc<Inner>,
+    source: &Source,
+    man: &Manifest,
+    manifest_digest: &str,
+) -> Result<ImageRecord, ImageError> {
+    let limits = &inner.limits;
+    let cfg_desc = &man.config;
+    if cfg_desc.size > limits.max_config_bytes {
+        return Err(ImageError::TooLarge {
+            what: format!("config {}", cfg_desc.digest),
+            limit: limits.max_config_bytes,
+        });
+    }
+    ensure_blob(
+        inner,
+        source,
+        &cfg_desc.digest,
+        cfg_desc.size,
+        limits.max_config_bytes,
+        "config",
+        false,
+    )
+    .await?;
+    let cfg_bytes = inner
+        .store
+        .read(&cfg_desc.digest, limits.max_config_bytes, "config")
+        .await?;
+    let cfg = manifest::parse_config(&cfg_bytes, &cfg_desc.digest)?;
+    if cfg.diff_ids.len() != man.layers.len() {
+        return Err(ImageError::Parse {
+            what: format!("config {}", cfg_desc.digest),
+            reason: format!(
+                "{} diff ids for {} layers",
+                cfg.diff_ids.len(),
+                man.layers.len()
+            ),
+        });
+    }
+    let config_json = String::from_utf8(cfg_bytes).map_err(|_| ImageError::Parse {
+        what: format!("config {}", cfg_desc.digest),
+        reason: "not utf-8".into(),
+    })?;
+    let chains = chain_ids(&cfg.diff_ids);
+
+    // All layer blobs first (in parallel, bounded by the download semaphore) so a bad blob
+    // fails the pull before anything is unpacked.
+    let downloads = man
+        .layers
+        .iter()
+        .map(|l| ensure_blob(inner, source, &l.digest, l.size, u64::MAX, "layer", true));
+    futures::future::try_join_all(downloads).await?;
+
+    let unpacks = man
+        .layers
+        .iter()
+        .zip(cfg.diff_ids.iter().zip(chains.iter()))
+        .map(|(l, (diff, chain))| ensure_snapshot(inner, &l.digest, diff, chain));
+    futures::future::try_join_all(unpacks).await?;
+
+    let layers: Vec<LayerRecord> = man
+        .layers
+        .iter()
+        .zip(cfg.diff_ids.iter().zip(chains.iter()))
+        .map(|(l, (diff, chain))| LayerRecord {
+            digest: l.digest.clone(),
+            media_type: l.media_type.clone(),
+            size: l.size,
+            diff_id: diff.clone(),
+            chain_id: chain.clone(),
+        })
+        .collect();
+    Ok(ImageRecord {
+        id: cfg_desc.digest.clone(),
+        repo_tag: None,
+        repo_digest: String::new(),
+        manifest_digest: manifest_digest.to_string(),
+        config_digest: cfg_desc.digest.clone(),
+        size: cfg_desc.size + man.layers.iter().map(|l| l.size).sum::<u64>(),
+        layers,
+        user: cfg.user,
+        config_json,
+    })
+}
+
+/// Makes sure blob `digest` is in the store, downloading it at most once at a time.
+async fn ensure_blob(
+    inner: &Arc<Inner>,
+    source: &Source,
+    digest: &str,
+    size: u64,
+    limit: u64,
+    what: &'static str,
+    is_layer: bool,
+) -> Result<(), ImageError> {
+    hex_of(digest, what)?;
+    if inner.store.has(digest) {
+        return Ok(());
+    }
+    let Source::Registry { r, creds, progress } = source else {
+        return Err(ImageError::Import {
+            path: inner.store.path(digest)?,
+            reason: format!("{what} blob {digest} is missing"),
+        });
+    };
+    let (inner2, r, creds, progress, d) = (
+        Arc::clone(inner),
+        r.clone(),
+        creds.clone(),
+        progress.clone(),
+        digest.to_string(),
+    );
+    inner
+        .blob_flights
+        .run(digest, async move {
+            if inner2.store.has(&d) {
+                return Ok(());
+            }
+            let _permit = if is_layer {
+                Some(
+                    Arc::clone(&inner2.downloads)
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| ImageError::Task {
+                            what: "download semaphore".into(),
+                            reason: e.to_string(),
+                        })?,
+                )
+            } else {
+                None
+            };
+            tracing::debug!(digest = %d, size, what, "downloading blob");
+            let (len, stream) = inner2.registry.fetch_blob(&r, &d, creds.as_ref()).await?;
+            if let Some(len) = len {
+                if len > limit {
+                    return Err(ImageError::TooLarge {
+                        what: format!("{what} {d}"),
+                        limit,
+                    });
+                }
+                if len != size {
+                    return Err(ImageError::SizeMismatch {
+                        what: format!("{what} {d}"),
+                        expected: size,
+                        actual: len,
+                    });
+                }
+            }
+            let spec = BlobSpec {
+                digest: &d,
+                size: Some(size),
+                limit,
+                what,
+            };
+            let progress = if is_layer { progress.as_ref() } else { None };
+            inner2.store.write_stream(&spec, stream, progress).await
+        })
+        .await
+}
+
+/// Makes sure the snapshot for `chain` exists, unpacking layer `digest` at most once at a time.
+pub(crate) async fn ensure_snapshot(
+    inner: &Arc<Inner>,
+    digest: &str,
+    diff_id: &str,
+    chain: &str,
+) -> Result<(), ImageError> {
+    let hex = hex_of(chain, "chain id")?.to_string();
+    let final_dir = inner.snapshots.join(&hex);
+    if tokio::fs::symlink_metadata(&final_dir).await.is_ok() {
+        return Ok(());
+    }
+    let (inner2, d, diff) = (Arc::clone(inner), digest.to_string(), diff_id.to_string());
+    inner
+        .snapshot_flights
+        .run(chain, async move {
+            let _permit = Arc::clone(&inner2.unpacks)
+                .acquire_owned()
+                .await
+                .map_err(|e| ImageError::Task {
+                    what: "unpack semaphore".into(),
+                    reason: e.to_string(),
+                })?;
+            let blob = inner2.store.path(&d)?;
+            let ingest = inner2.store.ingest_dir().to_path_buf();
+            let d2 = d.clone();
+            tokio::task::spawn_blocking(move || {
+                unpack_to_snapshot(&blob, &d2, &diff, &ingest, &final_dir)
+            })
+            .await
+            .map_err(|e| ImageError::Task {
+                what: format!("unpack layer {d}"),
+                reason: e.to_string(),
+            })?
+        })
+        .await
+}
+
+fn unpack_to_snapshot(
+    blob: &std::path::Path,
+    digest: &str,
+    diff_id: &str,
+    ingest: &std::path::Path,
+    final_dir: &std::path::Path,
+) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if final_dir.exists() {
+        return Ok(());
+    }
+    let td = tempfile::Builder::new()
+        .prefix("unpack-")
+        .tempdir_in(ingest)
+        .map_err(|e| ImageError::io("create unpack dir", ingest, e))?;
+    let fs_dir: PathBuf = td.path().join("fs");
+    std::fs::create_dir(&fs_dir).map_err(|e| ImageError::io("create unpack dir", &fs_dir, e))?;
+    std::fs::set_permissions(&fs_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| ImageError::io("chmod", &fs_dir, e))?;
+    let started = std::time::Instant::now();
+    let actual = crate::unpack::unpack_layer(blob, digest, &fs_dir)?;
+    if actual != diff_id {
+        return Err(ImageError::DiffIdMismatch {
+            digest: digest.to_string(),
+            expected: diff_id.to_string(),
+            actual,
+        });
+    }
+    std::fs::set_permissions(td.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| ImageError::io("chmod", td.path(), e))?;
+    let tmp = td.keep();
+    if let Err(e) = std::fs::rename(&tmp, final_dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if final_dir.exists() {
+            return Ok(());
+        }
+        return Err(ImageError::io("rename snapshot", final_dir, e));
+    }
+    tracing::debug!(digest, dir = %final_dir.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unpacked layer");
+    Ok(())
+}
