@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Run critest (cri-tools v1.36.0) against unicri, offline.
+#
+# Builds critest's test images (tests/src/bin/unicri-testimages.rs), pushes them to a local
+# docker-registry under critest's repository paths, mirrors registry.k8s.io, k8s.gcr.io, gcr.io,
+# public.ecr.aws and docker.io to it through hosts.toml, starts unicri on its own
+# socket/root/state, runs critest, prints "N passed, N failed" and exits non-zero on failures.
+#
+# usage: critest/run.sh [--handler H] [--focus REGEX] [--skip REGEX] [--config-extra FILE]
+#                       [--keep] [--no-build] [-- extra critest args]
+# env:   CRITEST (default /work/tools/bin/critest), UNICRI_BIN (default target/debug/unicri),
+#        REGISTRY_BIN (default /usr/bin/docker-registry)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+WS="$(cd "$HERE/.." && pwd)"
+TARGET="${CARGO_TARGET_DIR:-$WS/target}"
+CRITEST="${CRITEST:-/work/tools/bin/critest}"
+UNICRI_BIN="${UNICRI_BIN:-$TARGET/debug/unicri}"
+REGISTRY_BIN="${REGISTRY_BIN:-/usr/bin/docker-registry}"
+HANDLER=""
+FOCUS=""
+SKIP=""
+CONFIG_EXTRA=""
+KEEP=0
+BUILD=1
+EXTRA=()
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --handler) HANDLER="$2"; shift 2 ;;
+        --focus) FOCUS="$2"; shift 2 ;;
+        --skip) SKIP="$2"; shift 2 ;;
+        --config-extra) CONFIG_EXTRA="$2"; shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; EXTRA=("$@"); break ;;
+        *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "critest/run.sh: $*" >&2; exit 2; }
+[[ -x "$CRITEST" ]] || die "critest not found at $CRITEST (set CRITEST=...)"
+[[ -x "$REGISTRY_BIN" ]] || die "$REGISTRY_BIN missing: apt-get install -y docker-registry"
+command -v curl >/dev/null || die "curl missing: apt-get install -y curl"
+[[ -x /bin/busybox ]] || die "/bin/busybox missing: apt-get install -y busybox"
+
+if [[ $BUILD == 1 ]]; then
+    (cd "$WS" && cargo build -p unicri-e2e --bins)
+fi
+TESTIMAGES="$TARGET/debug/unicri-testimages"
+[[ -x "$TESTIMAGES" ]] || die "$TESTIMAGES missing (cargo build -p unicri-e2e --bins)"
+[[ -x "$UNICRI_BIN" ]] || die "unicri not found at $UNICRI_BIN (cargo build -p unicri-cri-server, or set UNICRI_BIN)"
+
+TMP="$(mktemp -d /tmp/unicri-critest.XXXXXX)"
+REG_PID=""
+UNICRI_PID=""
+cleanup() {
+    local rc=$?
+    if [[ -n "$UNICRI_PID" ]] && kill -0 "$UNICRI_PID" 2>/dev/null; then
+        kill -TERM "$UNICRI_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$UNICRI_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$UNICRI_PID" 2>/dev/null || true
+        wait "$UNICRI_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$REG_PID" ]]; then
+        kill -TERM "$REG_PID" 2>/dev/null || true
+        wait "$REG_PID" 2>/dev/null || true
+    fi
+    if [[ $KEEP == 1 ]]; then
+        echo "critest/run.sh: kept $TMP (unicri.log, registry.log, critest.log)" >&2
+    else
+        # the daemon should have unmounted everything; never rm through a live mount
+        if grep -q " $TMP/" /proc/self/mountinfo; then
+            echo "critest/run.sh: mounts left under $TMP, not removing it" >&2
+        else
+            rm -rf "$TMP"
+        fi
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- registry ---------------------------------------------------------------------------------
+PORT="$("$TESTIMAGES" --free-port)"
+REG_HOST="127.0.0.1:$PORT"
+REG_URL="http://$REG_HOST"
+mkdir -p "$TMP/registry"
+cat >"$TMP/registry.yml" <<EOF
+version: 0.1
+log:
+  level: info
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $TMP/registry
+  delete:
+    enabled: true
+http:
+  addr: $REG_HOST
+  secret: unicri-critest
+EOF
+"$REGISTRY_BIN" serve "$TMP/registry.yml" >"$TMP/registry.log" 2>&1 &
+REG_PID=$!
+for i in $(seq 1 150); do
+    curl -fsS "$REG_URL/v2/" >/dev/null 2>&1 && break
+    kill -0 "$REG_PID" 2>/dev/null || { cat "$TMP/registry.log" >&2; die "docker-registry exited"; }
+    [[ $i == 150 ]] && { cat "$TMP/registry.log" >&2; die "docker-registry not ready"; }
+    sleep 0.1
+done
+echo "critest/run.sh: registry at $REG_URL, building and pushing test images"
+"$TESTIMAGES" --registry "$REG_URL" >"$TMP/testimages.log" 2>&1 || { cat "$TMP/testimages.log" >&2; die "test image build/push failed"; }
+echo "critest/run.sh: $(grep -c '^pushed' "$TMP/testimages.log") references pushed"
+
+# --- unicri -------------------------------------------------------------------------------------
+mkdir -p "$TMP/certs.d"
+for host in registry.k8s.io k8s.gcr.io gcr.io public.ecr.aws docker.io "$REG_HOST"; do
+    mkdir -p "$TMP/certs.d/$host"
+    cat >"$TMP/certs.d/$host/hosts.toml" <<EOF
+[host."$REG_URL"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+EOF
+done
+{
+    echo "[registry]"
+    echo "config_path = \"$TMP/certs.d\""
+    if [[ -n "$CONFIG_EXTRA" ]]; then echo; cat "$CONFIG_EXTRA"; fi
+} >"$TMP/unicri.toml"
+SOCK="$TMP/unicri.sock"
+"$UNICRI_BIN" daemon --config "$TMP/unicri.toml" --root "$TMP/root" --state "$TMP/state" \
+    --address "$SOCK" --log-level debug >"$TMP/unicri.log" 2>&1 &
+UNICRI_PID=$!
+for i in $(seq 1 200); do
+    [[ -S "$SOCK" ]] && break
+    kill -0 "$UNICRI_PID" 2>/dev/null || { tail -50 "$TMP/unicri.log" >&2; die "unicri exited"; }
+    [[ $i == 200 ]] && { tail -50 "$TMP/unicri.log" >&2; die "unicri socket did not appear in 20s"; }
+    sleep 0.1
+done
+echo "critest/run.sh: unicri pid $UNICRI_PID on $SOCK"
+
+# --- critest ------------------------------------------------------------------------------------
+ARGS=(--runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK")
+[[ -n "$HANDLER" ]] && ARGS+=(--runtime-handler "$HANDLER")
+[[ -n "$FOCUS" ]] && ARGS+=("--ginkgo.focus=$FOCUS")
+[[ -n "$SKIP" ]] && ARGS+=("--ginkgo.skip=$SKIP")
+ARGS+=("${EXTRA[@]}")
+echo "critest/run.sh: $CRITEST ${ARGS[*]}"
+set +e
+"$CRITEST" "${ARGS[@]}" 2>&1 | tee "$TMP/critest.log"
+CRITEST_RC=${PIPESTATUS[0]}
+set -e
+
+# ginkgo v2 summary: "FAIL! -- 88 Passed | 3 Failed | 0 Pending | 31 Skipped"
+SUMMARY="$(grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' "$TMP/critest.log" | tail -1)"
+if [[ -z "$SUMMARY" ]]; then
+    echo "critest/run.sh: no ginkgo summary found (critest exit $CRITEST_RC)" >&2
+    echo "0 passed, 1 failed"
+    exit 1
+fi
+PASSED="$(sed -E 's/^([0-9]+) Passed.*/\1/' <<<"$SUMMARY")"
+FAILED="$(sed -E 's/.*\| ([0-9]+) Failed.*/\1/' <<<"$SUMMARY")"
+SKIPPED="$(sed -E 's/.*\| ([0-9]+) Skipped.*/\1/' <<<"$SUMMARY")"
+grep -E '^\s*\[FAIL\]' "$TMP/critest.log" | sort -u || true
+echo "($SKIPPED skipped; critest exit $CRITEST_RC)"
+echo "$PASSED passed, $FAILED failed"
+if [[ "$FAILED" != 0 || $CRITEST_RC != 0 ]]; then
+    exit 1
+fi
+exit 0
