@@ -21,7 +21,8 @@ pub fn new_id() -> String {
 pub fn is_id_prefix(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= ID_LEN
-        && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -114,7 +114,10 @@ fn now_secs() -> i64 {
 impl Store {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(open_err)?
             .filename(path)
@@ -127,7 +130,10 @@ impl Store {
             .max_connections(4)
             .connect_with(opts)
             .await
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -175,11 +181,12 @@ impl Store {
     }
 
     async fn names_of(&self, id: &str) -> Result<(Vec<String>, Vec<String>), StoreError> {
-        let rows = sqlx::query("SELECT name, kind FROM image_names WHERE image_id = ?1 ORDER BY name")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("list image names"))?;
+        let rows =
+            sqlx::query("SELECT name, kind FROM image_names WHERE image_id = ?1 ORDER BY name")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("list image names"))?;
         let mut tags = Vec::new();
         let mut digests = Vec::new();
         for r in rows {
@@ -222,11 +229,12 @@ impl Store {
 
     /// The image a full tag or digest name points to.
     pub async fn image_by_name(&self, name: &str) -> Result<Option<ImageRow>, StoreError> {
-        let id: Option<String> = sqlx::query_scalar("SELECT image_id FROM image_names WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("get image by name"))?;
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT image_id FROM image_names WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("get image by name"))?;
         match id {
             Some(id) => self.image_by_id(&id).await,
             None => Ok(None),
@@ -342,9 +350,15 @@ mod tests {
     #[tokio::test]
     async fn open_sets_wal_and_foreign_keys() {
         let (_d, s) = store().await;
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&s.pool).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
         assert_eq!(mode, "wal");
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&s.pool).await.unwrap();
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
         assert_eq!(fk, 1);
     }
 
@@ -354,7 +368,9 @@ mod tests {
         let path = dir.path().join("state.db");
         {
             let s = Store::open(&path).await.unwrap();
-            s.put_image("sha256:aa", "{}", 10, &[("r/x:1".into(), NameKind::Tag)]).await.unwrap();
+            s.put_image("sha256:aa", "{}", 10, &[("r/x:1".into(), NameKind::Tag)])
+                .await
+                .unwrap();
             s.close().await;
         }
         let s = Store::open(&path).await.unwrap();
@@ -370,11 +386,16 @@ mod tests {
             "sha256:aa",
             "{}",
             1,
-            &[("r/x:1".into(), NameKind::Tag), ("r/x@sha256:m1".into(), NameKind::Digest)],
+            &[
+                ("r/x:1".into(), NameKind::Tag),
+                ("r/x@sha256:m1".into(), NameKind::Digest),
+            ],
         )
         .await
         .unwrap();
-        s.put_image("sha256:bb", "{}", 2, &[("r/x:1".into(), NameKind::Tag)]).await.unwrap();
+        s.put_image("sha256:bb", "{}", 2, &[("r/x:1".into(), NameKind::Tag)])
+            .await
+            .unwrap();
         let a = s.image_by_id("sha256:aa").await.unwrap().unwrap();
         assert!(a.tags.is_empty(), "tag moved away");
         assert_eq!(a.digests, vec!["r/x@sha256:m1".to_string()]);
@@ -394,15 +415,24 @@ mod tests {
         s.put_image("sha256:abc2", "{}", 1, &[]).await.unwrap();
         s.put_image("sha256:def", "{}", 1, &[]).await.unwrap();
         assert_eq!(s.image_ids_with_prefix("abc").await.unwrap().len(), 2);
-        assert_eq!(s.image_ids_with_prefix("abc2").await.unwrap(), vec!["sha256:abc2"]);
+        assert_eq!(
+            s.image_ids_with_prefix("abc2").await.unwrap(),
+            vec!["sha256:abc2"]
+        );
         assert!(s.image_ids_with_prefix("%").await.unwrap().len() <= 3);
     }
 
     #[tokio::test]
     async fn journal_tracks_open_operations() {
         let (_d, s) = store().await;
-        let a = s.journal_begin("run_pod_sandbox", "p1", "{}").await.unwrap();
-        let b = s.journal_begin("create_container", "c1", "{\"pod\":\"p1\"}").await.unwrap();
+        let a = s
+            .journal_begin("run_pod_sandbox", "p1", "{}")
+            .await
+            .unwrap();
+        let b = s
+            .journal_begin("create_container", "c1", "{\"pod\":\"p1\"}")
+            .await
+            .unwrap();
         s.journal_finish(a).await.unwrap();
         let open = s.journal_open().await.unwrap();
         assert_eq!(open.len(), 1);
@@ -419,6 +449,9 @@ mod tests {
         )
         .execute(&s.pool)
         .await;
-        assert!(err.is_err(), "a container row without its pod must be refused");
+        assert!(
+            err.is_err(),
+            "a container row without its pod must be refused"
+        );
     }
 }
