@@ -78,10 +78,10 @@ impl Images {
             }
             return Err(CriError::invalid(format!("invalid image id {spec:?}")));
         }
-        if let Ok(r) = Reference::parse(spec) {
-            if let Some(row) = self.store.image_by_name(&r.to_string()).await? {
-                return Self::decode(row).map(Some);
-            }
+        if let Ok(r) = Reference::parse(spec)
+            && let Some(row) = self.store.image_by_name(&r.to_string()).await?
+        {
+            return Self::decode(row).map(Some);
         }
         if spec.len() >= 3 && spec.len() <= 64 && hex_only(spec) {
             let ids = self.store.image_ids_with_prefix(spec).await?;
