@@ -139,8 +139,12 @@ async fn pull_with_progress(
         .map_err(|s| status_err("pull image", s))?
     {
         if !msg.image_ref.is_empty() {
-            for b in bars.values() {
-                b.finish();
+            // Replace the live bars by one settled line per layer.
+            let _ = multi.clear();
+            let mut done: Vec<_> = bars.iter().map(|(d, b)| (d.clone(), b.length().unwrap_or(0))).collect();
+            done.sort();
+            for (digest, total) in done {
+                eprintln!("{digest}: done {}", human_size(total));
             }
             return Ok(msg.image_ref);
         }
