@@ -1,0 +1,302 @@
+//! The daemon contract, end to end: socket, config, locking, signals, the CRI calls that need no
+//! registry, and clear statuses for bad input.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use unicri_e2e::daemon::{Daemon, DaemonOpts, spec, unicri_bin};
+use unicri_proto::v1;
+
+/// Runs `unicri daemon ARGS` expecting it to exit by itself (a refused start); returns its output.
+fn daemon_refuses(args: &[&str]) -> Result<Output> {
+    let mut child = Command::new(unicri_bin())
+        .arg("daemon")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn unicri")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait()?.is_some() {
+            let out = child.wait_with_output()?;
+            ensure!(
+                !out.status.success(),
+                "daemon {args:?} should have refused to start"
+            );
+            return Ok(out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("daemon {args:?} kept running; it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn version_status_runtime_config_and_socket_mode() -> Result<()> {
+    let d = Daemon::start(DaemonOpts::default()).await?;
+
+    let mode = std::fs::metadata(&d.socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o660, "socket mode is {mode:o}, want 660");
+
+    let mut rt = d.runtime();
+    let v = rt
+        .version(v1::VersionRequest::default())
+        .await?
+        .into_inner();
+    ensure!(
+        v.runtime_name == "unicri",
+        "runtime_name {:?}",
+        v.runtime_name
+    );
+    ensure!(
+        v.runtime_api_version == "v1",
+        "api {:?}",
+        v.runtime_api_version
+    );
+    ensure!(!v.runtime_version.is_empty());
+
+    let rc = rt
+        .runtime_config(v1::RuntimeConfigRequest {})
+        .await?
+        .into_inner();
+    let driver = rc.linux.map(|l| l.cgroup_driver);
+    ensure!(
+        driver == Some(v1::CgroupDriver::Cgroupfs as i32),
+        "cgroup driver {driver:?}"
+    );
+
+    let st = rt
+        .status(v1::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
+    let conds = st.status.map(|s| s.conditions).unwrap_or_default();
+    let cond = |t: &str| conds.iter().find(|c| c.r#type == t).cloned();
+    let runtime = cond("RuntimeReady").context("no RuntimeReady condition")?;
+    let network = cond("NetworkReady").context("no NetworkReady condition")?;
+    // No backend and no CNI exist yet: both must say so, with a reason.
+    ensure!(!runtime.status && !runtime.reason.is_empty(), "{runtime:?}");
+    ensure!(!network.status && !network.reason.is_empty(), "{network:?}");
+    let config: serde_json::Value = serde_json::from_str(
+        st.info
+            .get("config")
+            .context("verbose status has no config")?,
+    )?;
+    ensure!(
+        config["root"].as_str() == Some(d.root.to_str().unwrap_or_default()),
+        "verbose config root {:?} != {}",
+        config["root"],
+        d.root.display()
+    );
+    ensure!(st.runtime_handlers.iter().any(|h| h.name == "linux"));
+
+    d.finish().await
+}
+
+#[tokio::test]
+async fn unimplemented_calls_and_bad_input_get_clear_statuses() -> Result<()> {
+    let d = Daemon::start(DaemonOpts::default()).await?;
+    let mut rt = d.runtime();
+    let err = rt
+        .run_pod_sandbox(v1::RunPodSandboxRequest::default())
+        .await
+        .expect_err("RunPodSandbox is not implemented yet");
+    ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
+    ensure!(
+        err.message().contains("not implemented yet"),
+        "{}",
+        err.message()
+    );
+    let err = rt
+        .list_containers(v1::ListContainersRequest::default())
+        .await
+        .expect_err("ListContainers is not implemented yet");
+    ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
+
+    let mut img = d.image();
+    for bad in ["", "Bad//Ref", "busybox:bad tag", "busybox@sha256:1234"] {
+        let err = img
+            .pull_image(v1::PullImageRequest {
+                image: Some(spec(bad)),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad reference must fail");
+        ensure!(
+            err.code() == tonic::Code::InvalidArgument,
+            "pull {bad:?}: {err:?}"
+        );
+    }
+    // Absent images: status is empty, removal is idempotent.
+    let st = img
+        .image_status(v1::ImageStatusRequest {
+            image: Some(spec("busybox:none")),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    ensure!(st.image.is_none());
+    img.remove_image(v1::RemoveImageRequest {
+        image: Some(spec("busybox:none")),
+    })
+    .await?;
+    let listed = img
+        .list_images(v1::ListImagesRequest::default())
+        .await?
+        .into_inner()
+        .images;
+    ensure!(listed.is_empty(), "{listed:?}");
+    // Nothing half-made: no blob, snapshot or ingest file after the failures.
+    for sub in ["blobs/sha256", "snapshots", "ingest"] {
+        let p = d.images_dir().join(sub);
+        if p.exists() {
+            let n = std::fs::read_dir(&p)?.count();
+            ensure!(n == 0, "{} has {n} entries after failed pulls", p.display());
+        }
+    }
+    d.finish().await
+}
+
+#[tokio::test]
+async fn live_socket_and_locked_root_are_refused_stale_socket_replaced() -> Result<()> {
+    let mut d = Daemon::start(DaemonOpts::default()).await?;
+    let other = tempfile::tempdir()?;
+    let p = |s: &str| other.path().join(s).display().to_string();
+    let sock = d.socket.display().to_string();
+    let root = d.root.display().to_string();
+
+    // Same socket, other root: the live socket must not be stolen.
+    let out = daemon_refuses(&[
+        "--root",
+        &p("root"),
+        "--state",
+        &p("state"),
+        "--address",
+        &sock,
+    ])?;
+    ensure!(stderr(&out).contains("in use"), "stderr: {}", stderr(&out));
+    // Same root, other socket: the root lock refuses a second daemon.
+    let out = daemon_refuses(&[
+        "--root",
+        &root,
+        "--state",
+        &p("state2"),
+        "--address",
+        &p("s2.sock"),
+    ])?;
+    ensure!(
+        stderr(&out).contains("another unicri daemon"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    ensure!(
+        !Path::new(&p("s2.sock")).exists(),
+        "refused daemon left its socket"
+    );
+    // The first daemon still serves.
+    d.runtime().version(v1::VersionRequest::default()).await?;
+
+    // kill -9 leaves a stale socket file; the next start replaces it.
+    d.kill9();
+    ensure!(d.socket.exists(), "expected a stale socket after kill -9");
+    d.restart().await?;
+    d.runtime().version(v1::VersionRequest::default()).await?;
+    d.finish().await
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key_and_json_logs_are_json() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    std::fs::write(p("bad.toml"), "[registry]\nbogus_key = 1\n")?;
+    let out = daemon_refuses(&[
+        "--config",
+        &p("bad.toml"),
+        "--root",
+        &p("r"),
+        "--address",
+        &p("s.sock"),
+    ])?;
+    ensure!(
+        stderr(&out).contains("bogus_key"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    ensure!(!Path::new(&p("s.sock")).exists());
+
+    let out = daemon_refuses(&[
+        "--config",
+        &p("missing.toml"),
+        "--root",
+        &p("r"),
+        "--address",
+        &p("s.sock"),
+    ])?;
+    ensure!(
+        stderr(&out).contains("missing.toml"),
+        "stderr: {}",
+        stderr(&out)
+    );
+
+    // JSON logs: every line the daemon writes parses as JSON with a level and a message.
+    std::fs::write(p("ok.toml"), "")?;
+    let mut child = Command::new(unicri_bin())
+        .args([
+            "daemon",
+            "--config",
+            &p("ok.toml"),
+            "--root",
+            &p("r"),
+            "--state",
+            &p("st"),
+        ])
+        .args(["--address", &p("j.sock"), "--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Path::new(&p("j.sock")).exists() {
+        ensure!(Instant::now() < deadline, "json daemon did not start");
+        ensure!(child.try_wait()?.is_none(), "json daemon exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "SIGTERM must exit 0, got {}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(lines.len() >= 2, "too few log lines: {text}");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).with_context(|| format!("not json: {l}"))?;
+        ensure!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "line {l}"
+        );
+    }
+    ensure!(text.contains("SIGTERM"), "shutdown not logged: {text}");
+    ensure!(
+        !Path::new(&p("j.sock")).exists(),
+        "socket left after SIGTERM"
+    );
+    Ok(())
+}
