@@ -56,8 +56,9 @@ pub struct Endpoint {
     pub ca: Vec<PathBuf>,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
-    /// On a TLS/connect failure over https, retry the same endpoint over plain http
-    /// (containerd's rule for localhost registries without configuration).
+    /// On a TLS/connect failure over https (other than an untrusted certificate), retry the
+    /// same endpoint over plain http (containerd's rule for localhost registries without
+    /// configuration).
     pub http_fallback: bool,
 }
 

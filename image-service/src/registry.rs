@@ -64,6 +64,21 @@ fn connect_err(url: &Url, e: &reqwest::Error) -> ImageError {
     }
 }
 
+/// Whether `e` is a TLS certificate verification failure (the server does speak TLS, its
+/// certificate is just not trusted). Such a failure is reported, never a reason for the
+/// localhost plain-http fallback (containerd falls back only when the server is not speaking
+/// TLS). native-tls uses OpenSSL here, whose reason string is "certificate verify failed".
+fn is_cert_verify_error(e: &reqwest::Error) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        if s.to_string().contains("certificate verify failed") {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// A hash of the credentials (never logged), keying the token cache.
 fn fingerprint(c: Option<&Credentials>) -> String {
     use sha2::{Digest as _, Sha256};
@@ -231,6 +246,7 @@ impl RegistryClient {
                     if ep.http_fallback
                         && url.scheme() == "https"
                         && (e.is_connect() || e.is_request())
+                        && !is_cert_verify_error(&e)
                     {
                         tracing::info!(endpoint = %ep.api_root, "https failed for localhost registry, falling back to plain http");
                         lock(&self.plain_http).insert(ep.api_root.clone());

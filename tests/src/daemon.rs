@@ -38,6 +38,10 @@ pub struct DaemonOpts {
     /// `<config_path>/<registry_host>/hosts.toml` per entry (entries of one host are grouped,
     /// in order).
     pub hosts: Vec<(String, String, bool)>,
+    /// `(path, contents)`: raw files written under the hosts dir (`config_path`), `path`
+    /// relative to it, e.g. `("registry.k8s.io/hosts.toml", text)` or a CA PEM next to it.
+    /// A `hosts.toml` here must not be for a registry host that `hosts` also generates.
+    pub hosts_files: Vec<(String, Vec<u8>)>,
     /// Written as the docker `config.json` given in `credentials_file`.
     pub credentials: Option<Vec<Credential>>,
     /// Appended verbatim to the config TOML.
@@ -65,6 +69,17 @@ impl DaemonOpts {
             self = self.mirror(r, &reg.url());
         }
         self.local_registry(reg)
+    }
+    /// Uses `text` verbatim as `<config_path>/<registry_host>/hosts.toml`.
+    pub fn hosts_toml(self, registry_host: &str, text: &str) -> Self {
+        self.hosts_file(&format!("{registry_host}/hosts.toml"), text)
+    }
+    /// Writes `contents` to `<config_path>/<path>` (e.g. a CA certificate a `hosts.toml`
+    /// names by a relative path).
+    pub fn hosts_file(mut self, path: &str, contents: impl AsRef<[u8]>) -> Self {
+        self.hosts_files
+            .push((path.to_string(), contents.as_ref().to_vec()));
+        self
     }
     pub fn credential(mut self, host: &str, username: &str, password: &str) -> Self {
         self.credentials
@@ -113,6 +128,33 @@ pub fn write_hosts_dir(dir: &Path, hosts: &[(String, String, bool)]) -> Result<(
     Ok(())
 }
 
+/// Writes raw `(relative path, contents)` files under `dir`; refuses to overwrite a file
+/// (e.g. a `hosts.toml` that [`write_hosts_dir`] generated) or to leave `dir`.
+pub fn write_hosts_files(dir: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
+    for (rel, data) in files {
+        let rel_path = Path::new(rel);
+        if rel_path.is_absolute()
+            || rel_path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            bail!("hosts file path {rel:?} must be relative and stay under the hosts dir");
+        }
+        let p = dir.join(rel_path);
+        if p.exists() {
+            bail!(
+                "hosts file {} is given twice (DaemonOpts.hosts and hosts_files?)",
+                p.display()
+            );
+        }
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, data).with_context(|| format!("write {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// A docker `config.json` for `creds`.
 pub fn docker_config_json(creds: &[Credential]) -> String {
     let mut auths = serde_json::Map::new();
@@ -151,6 +193,7 @@ impl Daemon {
         let hosts_dir = base.join("certs.d");
         std::fs::create_dir_all(&hosts_dir)?;
         write_hosts_dir(&hosts_dir, &opts.hosts)?;
+        write_hosts_files(&hosts_dir, &opts.hosts_files)?;
         let mut config = format!("[registry]\nconfig_path = \"{}\"\n", hosts_dir.display());
         if let Some(creds) = &opts.credentials {
             let p = base.join("config.json");

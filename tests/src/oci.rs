@@ -765,11 +765,11 @@ impl Artifact {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pushing to a registry (plain HTTP, monolithic uploads)
+// Pushing to a registry (plain HTTP or HTTPS, monolithic uploads)
 // ---------------------------------------------------------------------------------------------
 
-/// Pushes blobs and manifests to a distribution registry over plain HTTP. Handles basic auth
-/// and bearer-token challenges.
+/// Pushes blobs and manifests to a distribution registry over plain HTTP (or HTTPS, see
+/// [`Pusher::with_root_ca`]). Handles basic auth and bearer-token challenges.
 #[derive(Clone, Debug)]
 pub struct Pusher {
     base: String,
@@ -783,11 +783,22 @@ impl Pusher {
         Pusher {
             base: base.trim_end_matches('/').to_string(),
             auth,
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            client: Self::client_builder().build().unwrap_or_default(),
         }
+    }
+
+    fn client_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())
+    }
+
+    /// Trusts the CA certificate `pem` (for an `https://` base signed by a test CA).
+    pub fn with_root_ca(mut self, pem: &[u8]) -> Result<Self> {
+        let cert = reqwest::Certificate::from_pem(pem).context("parse CA certificate")?;
+        self.client = Self::client_builder()
+            .add_root_certificate(cert)
+            .build()
+            .context("build https client")?;
+        Ok(self)
     }
 
     async fn token_for(&self, challenge: &str) -> Result<String> {
