@@ -141,7 +141,10 @@ async fn pull_with_progress(
         if !msg.image_ref.is_empty() {
             // Replace the live bars by one settled line per layer.
             let _ = multi.clear();
-            let mut done: Vec<_> = bars.iter().map(|(d, b)| (d.clone(), b.length().unwrap_or(0))).collect();
+            let mut done: Vec<_> = bars
+                .iter()
+                .map(|(d, b)| (d.clone(), b.length().unwrap_or(0)))
+                .collect();
             done.sort();
             for (digest, total) in done {
                 eprintln!("{digest}: done {}", human_size(total));

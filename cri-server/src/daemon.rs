@@ -155,6 +155,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(max_msg);
     let admin = AdminServer::new(Admin { cri: cri.clone() });
     let served = tonic::transport::Server::builder()
+        .layer(crate::deadline::DeadlineLayer)
         .add_service(runtime)
         .add_service(image)
         .add_service(admin)

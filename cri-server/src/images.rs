@@ -103,6 +103,10 @@ impl Images {
                 }
             }
         }
+        if hex_only(spec) && spec.len() <= 64 {
+            // An id (or id prefix) that matches nothing: absent, not malformed.
+            return Ok(None);
+        }
         match Reference::parse(spec) {
             Ok(_) => Ok(None),
             Err(e) => Err(e.into()),

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod config;
 mod daemon;
+mod deadline;
 mod error;
 mod images;
 mod instrument;

@@ -151,6 +151,22 @@ async fn unimplemented_calls_and_bad_input_get_clear_statuses() -> Result<()> {
         image: Some(spec("busybox:none")),
     })
     .await?;
+    // A bare 64-hex id (what kubelet's image GC and critest send) that matches nothing.
+    let zero_id = "0".repeat(64);
+    for _ in 0..2 {
+        img.remove_image(v1::RemoveImageRequest {
+            image: Some(spec(&zero_id)),
+        })
+        .await?;
+    }
+    let st = img
+        .image_status(v1::ImageStatusRequest {
+            image: Some(spec(&zero_id)),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    ensure!(st.image.is_none());
     let listed = img
         .list_images(v1::ListImagesRequest::default())
         .await?
@@ -299,4 +315,32 @@ async fn config_errors_name_the_key_and_json_logs_are_json() -> Result<()> {
         "socket left after SIGTERM"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn expired_client_deadline_is_deadline_exceeded() -> Result<()> {
+    // A "registry" that accepts connections and never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = hole.local_addr()?;
+    let d = Daemon::start(DaemonOpts::default().hosts_toml(
+        "blackhole.test",
+        &format!("[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    ))
+    .await?;
+    let mut req = tonic::Request::new(v1::PullImageRequest {
+        image: Some(spec("blackhole.test/x:1")),
+        ..Default::default()
+    });
+    // Only sets the grpc-timeout header: the status below is the server's answer.
+    req.set_timeout(Duration::from_millis(300));
+    let err = d
+        .image()
+        .pull_image(req)
+        .await
+        .expect_err("pull cannot finish");
+    ensure!(err.code() == tonic::Code::DeadlineExceeded, "{err:?}");
+    // The daemon is still healthy afterwards.
+    d.runtime().version(v1::VersionRequest::default()).await?;
+    drop(hole);
+    d.finish().await
 }
