@@ -203,7 +203,6 @@ pub(crate) async fn complete(
         cfg_desc.size,
         limits.max_config_bytes,
         "config",
-        false,
     )
     .await?;
     let cfg_bytes = inner
@@ -229,10 +228,19 @@ pub(crate) async fn complete(
 
     // All layer blobs first (in parallel, bounded by the download semaphore) so a bad blob
     // fails the pull before anything is unpacked.
+    // Each layer is unpacked while it downloads (into a temp dir, published only once both its
+    // digest and diff id verify), so download and decompression overlap.
     let downloads = man
         .layers
         .iter()
-        .map(|l| ensure_blob(inner, source, &l.digest, l.size, u64::MAX, "layer", true));
+        .zip(cfg.diff_ids.iter().zip(chains.iter()))
+        .map(|(l, (diff, chain))| {
+            let live = LiveTarget {
+                diff_id: diff.clone(),
+                chain: chain.clone(),
+            };
+            ensure_layer_blob(inner, source, &l.digest, l.size, live)
+        });
     futures::future::try_join_all(downloads).await?;
 
     let unpacks = man
@@ -267,7 +275,23 @@ pub(crate) async fn complete(
     })
 }
 
-/// Makes sure blob `digest` is in the store, downloading it at most once at a time.
+/// The snapshot a layer download also unpacks into.
+struct LiveTarget {
+    diff_id: String,
+    chain: String,
+}
+
+async fn ensure_layer_blob(
+    inner: &Arc<Inner>,
+    source: &Source,
+    digest: &str,
+    size: u64,
+    live: LiveTarget,
+) -> Result<(), ImageError> {
+    ensure_blob_inner(inner, source, digest, size, u64::MAX, "layer", Some(live)).await
+}
+
+/// Makes sure a non-layer blob `digest` is in the store, downloading it at most once at a time.
 async fn ensure_blob(
     inner: &Arc<Inner>,
     source: &Source,
@@ -275,8 +299,71 @@ async fn ensure_blob(
     size: u64,
     limit: u64,
     what: &'static str,
-    is_layer: bool,
 ) -> Result<(), ImageError> {
+    ensure_blob_inner(inner, source, digest, size, limit, what, None).await
+}
+
+/// A `Read` over chunks arriving on a channel; EOF when the sender is gone.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        bytes::Buf::advance(&mut self.cur, n);
+        Ok(n)
+    }
+}
+
+/// Starts unpacking layer `digest` from the chunks sent on the returned channel into a temp dir.
+/// The task returns the temp dir and the diff id of what it read; it publishes nothing.
+fn start_live_unpack(
+    inner: &Arc<Inner>,
+    digest: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<(tempfile::TempDir, String), ImageError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let ingest = inner.store.ingest_dir().to_path_buf();
+    let d = digest.to_string();
+    let handle = tokio::task::spawn_blocking(move || {
+        let td = new_unpack_dir(&ingest)?;
+        let reader = crate::unpack::decompressed(ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        })
+        .map_err(|e| ImageError::Unpack {
+            digest: d.clone(),
+            reason: format!("open layer stream: {e}"),
+        })?;
+        let diff_id = crate::unpack::unpack_stream(reader, &d, &td.path().join("fs"))?;
+        Ok((td, diff_id))
+    });
+    (tx, handle)
+}
+
+/// Makes sure blob `digest` is in the store, downloading it at most once at a time; a layer
+/// (`live` given) is unpacked into its snapshot while it streams in.
+async fn ensure_blob_inner(
+    inner: &Arc<Inner>,
+    source: &Source,
+    digest: &str,
+    size: u64,
+    limit: u64,
+    what: &'static str,
+    live: Option<LiveTarget>,
+) -> Result<(), ImageError> {
+    let is_layer = live.is_some();
     hex_of(digest, what)?;
     if inner.store.has(digest) {
         return Ok(());
@@ -337,7 +424,43 @@ async fn ensure_blob(
                 what,
             };
             let progress = if is_layer { progress.as_ref() } else { None };
-            inner2.store.write_stream(&spec, stream, progress).await
+            let live = match live {
+                Some(t) => {
+                    let final_dir = inner2.snapshots.join(hex_of(&t.chain, "chain id")?);
+                    (!final_dir.exists()).then_some((t, final_dir))
+                }
+                None => None,
+            };
+            let Some((target, final_dir)) = live else {
+                return inner2.store.write_stream(&spec, stream, progress).await;
+            };
+            let (tx, unpack) = start_live_unpack(&inner2, &d);
+            let tee = futures::StreamExt::then(stream, move |item| {
+                let tx = tx.clone();
+                async move {
+                    if let Ok(chunk) = &item {
+                        // A receiver gone means the unpack already failed; its error wins below.
+                        let _ = tx.send(chunk.clone()).await;
+                    }
+                    item
+                }
+            });
+            let written = inner2.store.write_stream(&spec, tee, progress).await;
+            // The tee (and with it the sender) is gone: the unpack sees EOF and finishes.
+            let unpacked = unpack.await.map_err(|e| ImageError::Task {
+                what: format!("unpack layer {d}"),
+                reason: e.to_string(),
+            })?;
+            written?;
+            let (td, actual) = unpacked?;
+            if actual != target.diff_id {
+                return Err(ImageError::DiffIdMismatch {
+                    digest: d.clone(),
+                    expected: target.diff_id,
+                    actual,
+                });
+            }
+            publish_snapshot(td, &final_dir)
         })
         .await
 }
@@ -387,18 +510,11 @@ fn unpack_to_snapshot(
     ingest: &std::path::Path,
     final_dir: &std::path::Path,
 ) -> Result<(), ImageError> {
-    use std::os::unix::fs::PermissionsExt as _;
     if final_dir.exists() {
         return Ok(());
     }
-    let td = tempfile::Builder::new()
-        .prefix("unpack-")
-        .tempdir_in(ingest)
-        .map_err(|e| ImageError::io("create unpack dir", ingest, e))?;
+    let td = new_unpack_dir(ingest)?;
     let fs_dir: PathBuf = td.path().join("fs");
-    std::fs::create_dir(&fs_dir).map_err(|e| ImageError::io("create unpack dir", &fs_dir, e))?;
-    std::fs::set_permissions(&fs_dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| ImageError::io("chmod", &fs_dir, e))?;
     let started = std::time::Instant::now();
     let actual = crate::unpack::unpack_layer(blob, digest, &fs_dir)?;
     if actual != diff_id {
@@ -408,6 +524,29 @@ fn unpack_to_snapshot(
             actual,
         });
     }
+    publish_snapshot(td, final_dir)?;
+    tracing::debug!(digest, dir = %final_dir.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unpacked layer");
+    Ok(())
+}
+
+/// A temp dir under `ingest` with an empty `fs/` (mode 0755) to unpack a layer into.
+fn new_unpack_dir(ingest: &std::path::Path) -> Result<tempfile::TempDir, ImageError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let td = tempfile::Builder::new()
+        .prefix("unpack-")
+        .tempdir_in(ingest)
+        .map_err(|e| ImageError::io("create unpack dir", ingest, e))?;
+    let fs_dir: PathBuf = td.path().join("fs");
+    std::fs::create_dir(&fs_dir).map_err(|e| ImageError::io("create unpack dir", &fs_dir, e))?;
+    std::fs::set_permissions(&fs_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| ImageError::io("chmod", &fs_dir, e))?;
+    Ok(td)
+}
+
+/// Renames a verified unpack dir to its snapshot's final place (atomic). Another unpack that got
+/// there first wins; this one is discarded.
+fn publish_snapshot(td: tempfile::TempDir, final_dir: &std::path::Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(td.path(), std::fs::Permissions::from_mode(0o755))
         .map_err(|e| ImageError::io("chmod", td.path(), e))?;
     let tmp = td.keep();
@@ -418,6 +557,5 @@ fn unpack_to_snapshot(
         }
         return Err(ImageError::io("rename snapshot", final_dir, e));
     }
-    tracing::debug!(digest, dir = %final_dir.display(), elapsed_ms = started.elapsed().as_millis() as u64, "unpacked layer");
     Ok(())
 }

@@ -55,8 +55,12 @@ pub fn detect(magic: &[u8]) -> Compression {
 
 /// Opens `path` and returns a reader of the decompressed stream.
 pub fn open_decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
-    let f = fs::File::open(path)?;
-    let mut br = BufReader::with_capacity(256 * 1024, f);
+    decompressed(fs::File::open(path)?)
+}
+
+/// Wraps a (possibly compressed) layer stream in the decompressor its magic bytes call for.
+pub fn decompressed(reader: impl Read + 'static) -> io::Result<Box<dyn Read>> {
+    let mut br = BufReader::with_capacity(256 * 1024, reader);
     let magic = br
         .fill_buf()?
         .get(..4)
