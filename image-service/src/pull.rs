@@ -324,15 +324,15 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// A running live unpack: the temp dir it filled and the diff id of what it read.
+type LiveUnpack = tokio::task::JoinHandle<Result<(tempfile::TempDir, String), ImageError>>;
+
 /// Starts unpacking layer `digest` from the chunks sent on the returned channel into a temp dir.
 /// The task returns the temp dir and the diff id of what it read; it publishes nothing.
 fn start_live_unpack(
     inner: &Arc<Inner>,
     digest: &str,
-) -> (
-    tokio::sync::mpsc::Sender<Bytes>,
-    tokio::task::JoinHandle<Result<(tempfile::TempDir, String), ImageError>>,
-) {
+) -> (tokio::sync::mpsc::Sender<Bytes>, LiveUnpack) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let ingest = inner.store.ingest_dir().to_path_buf();
     let d = digest.to_string();
