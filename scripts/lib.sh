@@ -22,8 +22,8 @@ apt_install() {
 
 # Packages to build and run the daemon.
 RUNTIME_PACKAGES=(ca-certificates pkg-config libssl-dev gcc)
-# Extra packages for the test suite: a real registry, htpasswd, busybox for test images.
-TEST_PACKAGES=(docker-registry apache2-utils busybox openssl curl procps util-linux libc-bin iproute2)
+# Extra packages for the test suite: a real registry, htpasswd, busybox for test images, CNI plugins.
+TEST_PACKAGES=(docker-registry apache2-utils busybox openssl curl procps util-linux libc-bin iproute2 containernetworking-plugins iptables)
 
 need_cargo() {
     if ! command -v cargo >/dev/null 2>&1; then

@@ -78,8 +78,16 @@ impl Images {
             }
             return Err(CriError::invalid(format!("invalid image id {spec:?}")));
         }
+        // `name:tag@digest` is recorded (and looked up) as `name@digest`: the digest wins and a
+        // pull by digest records no tag (containerd's ParseDockerRef does the same).
         if let Ok(r) = Reference::parse(spec)
-            && let Some(row) = self.store.image_by_name(&r.to_string()).await?
+            && let Some(row) = self
+                .store
+                .image_by_name(&match &r.digest {
+                    Some(d) => format!("{}@{d}", r.name()),
+                    None => r.to_string(),
+                })
+                .await?
         {
             return Self::decode(row).map(Some);
         }
@@ -234,7 +242,47 @@ pub fn split_user(user: &str) -> (Option<i64>, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_user;
+    use super::*;
+
+    async fn images(dir: &std::path::Path) -> Images {
+        let svc = ImageService::new(unicri_image::ImageServiceConfig::new(dir.join("images")))
+            .await
+            .expect("image service");
+        let store = Store::open(&dir.join("state.db")).await.expect("store");
+        Images::new(Arc::new(svc), store)
+    }
+
+    fn record(id_hex: char, digest_hex: char) -> ImageRecord {
+        ImageRecord {
+            id: format!("sha256:{}", id_hex.to_string().repeat(64)),
+            repo_tag: None,
+            repo_digest: format!(
+                "docker.io/library/nginx@sha256:{}",
+                digest_hex.to_string().repeat(64)
+            ),
+            manifest_digest: format!("sha256:{}", digest_hex.to_string().repeat(64)),
+            config_digest: format!("sha256:{}", id_hex.to_string().repeat(64)),
+            size: 1,
+            layers: vec![],
+            user: String::new(),
+            config_json: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tag_and_digest_reference_resolves_by_its_digest() {
+        // Pulling `nginx:1.25@sha256:…` records only the digest name (like containerd); a
+        // status query with the same spec must find it, or kubelet re-pulls on every start.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = images(dir.path()).await;
+        let rec = record('a', 'b');
+        images.record(rec.clone()).await.expect("record");
+        let spec = format!("nginx:1.25@sha256:{}", "b".repeat(64));
+        let got = images.resolve(&spec).await.expect("resolve");
+        assert_eq!(got.map(|i| i.row.id), Some(rec.id.clone()));
+        let other = format!("nginx:1.25@sha256:{}", "c".repeat(64));
+        assert!(images.resolve(&other).await.expect("resolve").is_none());
+    }
 
     #[test]
     fn users_split_like_kubelet_expects() {

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -276,6 +277,7 @@ pub(crate) async fn complete(
 }
 
 /// The snapshot a layer download also unpacks into.
+#[derive(Clone)]
 struct LiveTarget {
     diff_id: String,
     chain: String,
@@ -374,16 +376,20 @@ async fn ensure_blob_inner(
             reason: format!("{what} blob {digest} is missing"),
         });
     };
-    let (inner2, r, creds, progress, d) = (
-        Arc::clone(inner),
-        r.clone(),
-        creds.clone(),
-        progress.clone(),
-        digest.to_string(),
-    );
-    inner
-        .blob_flights
-        .run(digest, async move {
+    // One download per digest at a time. A caller that joined someone else's download (another
+    // repository, registry or credentials) and saw it fail tries once more with its own source,
+    // like containerd's ingest lock: the other pull's failure is not this pull's.
+    let attempt = |mine: Arc<AtomicBool>| {
+        let (inner2, r, creds, progress, d, live) = (
+            Arc::clone(inner),
+            r.clone(),
+            creds.clone(),
+            progress.clone(),
+            digest.to_string(),
+            live.clone(),
+        );
+        async move {
+            mine.store(true, Ordering::SeqCst);
             if inner2.store.has(&d) {
                 return Ok(());
             }
@@ -435,10 +441,14 @@ async fn ensure_blob_inner(
                 return inner2.store.write_stream(&spec, stream, progress).await;
             };
             let (tx, unpack) = start_live_unpack(&inner2, &d);
+            let teed = Arc::new(AtomicU64::new(0));
+            let teed2 = Arc::clone(&teed);
             let tee = futures::StreamExt::then(stream, move |item| {
                 let tx = tx.clone();
+                let teed = Arc::clone(&teed2);
                 async move {
                     if let Ok(chunk) = &item {
+                        teed.fetch_add(chunk.len() as u64, Ordering::SeqCst);
                         // A receiver gone means the unpack already failed; its error wins below.
                         let _ = tx.send(chunk.clone()).await;
                     }
@@ -452,6 +462,12 @@ async fn ensure_blob_inner(
                 reason: e.to_string(),
             })?;
             written?;
+            if teed.load(Ordering::SeqCst) != size {
+                // The store already had the blob (another writer, e.g. an import, stored it
+                // after the check above) and read none of the stream: the live unpack saw an
+                // empty layer. Its snapshot is unpacked from the stored blob instead.
+                return Ok(());
+            }
             let (td, actual) = unpacked?;
             if actual != target.diff_id {
                 return Err(ImageError::DiffIdMismatch {
@@ -461,8 +477,21 @@ async fn ensure_blob_inner(
                 });
             }
             publish_snapshot(td, &final_dir)
-        })
+        }
+    };
+    let mine = Arc::new(AtomicBool::new(false));
+    match inner
+        .blob_flights
+        .run(digest, attempt(Arc::clone(&mine)))
         .await
+    {
+        Err(e) if !mine.load(Ordering::SeqCst) && !inner.store.has(digest) => {
+            tracing::debug!(digest, error = %e, "shared download failed, trying with this pull's source");
+            let again = Arc::new(AtomicBool::new(false));
+            inner.blob_flights.run(digest, attempt(again)).await
+        }
+        res => res,
+    }
 }
 
 /// Makes sure the snapshot for `chain` exists, unpacking layer `digest` at most once at a time.

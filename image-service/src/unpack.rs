@@ -212,6 +212,11 @@ pub fn unpack_stream(reader: impl Read, digest: &str, dest: &Path) -> Result<Str
         }
     }
     for (p, t) in ctx.dir_times.iter().rev() {
+        // A later entry may have removed the dir or replaced it (or a parent) with a file or a
+        // symlink: only a path that is still a real directory all the way down is touched.
+        if !still_real_dir(ctx.root, p) {
+            continue;
+        }
         set_mtime(p, *t).map_err(|e| ctx.io("set mtime", p, e.into()))?;
     }
     let (diff_id, _) = hashing.finish().map_err(|e| ImageError::Unpack {
@@ -219,6 +224,22 @@ pub fn unpack_stream(reader: impl Read, digest: &str, dest: &Path) -> Result<Str
         reason: format!("read layer stream: {e}"),
     })?;
     Ok(diff_id)
+}
+
+/// Whether `p` (below `root`) is still a directory reached through real directories only.
+fn still_real_dir(root: &Path, p: &Path) -> bool {
+    let Ok(rel) = p.strip_prefix(root) else {
+        return false;
+    };
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn extract_entry<R: Read>(
@@ -622,6 +643,50 @@ mod tests {
             );
             assert_eq!(fs::read(out.join("a")).expect("read"), b"a");
         }
+    }
+
+    #[test]
+    fn deferred_dir_mtime_never_follows_a_parent_replaced_by_a_symlink() {
+        use std::os::unix::fs::MetadataExt as _;
+        let outside = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(outside.path().join("b")).expect("mkdir");
+        set_mtime(&outside.path().join("b"), 1_000).expect("mtime");
+        let link = outside.path().display().to_string();
+        let tar = build(|b| {
+            b.append(&hdr("a/", EntryType::Directory, 0, 0o755), io::empty())
+                .expect("a");
+            b.append(&hdr("a/b/", EntryType::Directory, 0, 0o755), io::empty())
+                .expect("a");
+            // `a` (and with it `a/b`) is replaced by a symlink out of the layer
+            let mut l = hdr("a", EntryType::Symlink, 0, 0o777);
+            l.set_link_name(&link).expect("link");
+            l.set_cksum();
+            b.append(&l, io::empty()).expect("a");
+        });
+        let d = tempfile::tempdir().expect("tempdir");
+        let _ = unpack_stream(&tar[..], "sha256:test", d.path());
+        assert_eq!(
+            fs::symlink_metadata(outside.path().join("b"))
+                .expect("b")
+                .mtime(),
+            1_000,
+            "mtime of a directory outside the layer root was changed"
+        );
+    }
+
+    #[test]
+    fn dir_replaced_by_file_later_in_layer_unpacks() {
+        let tar = build(|b| {
+            b.append(&hdr("a/", EntryType::Directory, 0, 0o755), io::empty())
+                .expect("a");
+            b.append(&hdr("a/b/", EntryType::Directory, 0, 0o755), io::empty())
+                .expect("a");
+            b.append(&hdr("a", EntryType::Regular, 1, 0o644), &b"a"[..])
+                .expect("a");
+        });
+        let d = tempfile::tempdir().expect("tempdir");
+        unpack_stream(&tar[..], "sha256:test", d.path()).expect("unpack");
+        assert_eq!(fs::read(d.path().join("a")).expect("a"), b"a");
     }
 
     #[test]

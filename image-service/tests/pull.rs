@@ -200,6 +200,116 @@ async fn concurrent_pulls_download_each_blob_once() {
 }
 
 #[tokio::test]
+async fn shared_download_failing_in_another_repo_does_not_fail_this_pull() {
+    // Two repositories share a layer; the first pull's download of it fails (its registry
+    // answers 500). A concurrent pull from a repository that serves the layer must not inherit
+    // that failure just because it joined the same in-flight download.
+    let reg = FakeRegistry::start().await;
+    let layer = tar_of(&[E::File("shared", b"base layer")]);
+    let broken = image_with_config(vec![Layer::gz(&layer)], "", "broken");
+    let good = image_with_config(vec![Layer::gz(&layer)], "", "good");
+    assert_eq!(broken.layer_digests, good.layer_digests);
+    reg.serve_image("broken", "latest", &broken);
+    reg.serve_image("good", "latest", &good);
+    let shared = &broken.layer_digests[0];
+    reg.route(
+        &format!("/v2/broken/blobs/{shared}"),
+        Resp {
+            status: 500,
+            headers: vec![],
+            body: b"{}".to_vec(),
+            no_length: false,
+            delay_ms: 400,
+        },
+    );
+    let env = env_for(&reg.host()).await;
+    let svc = Arc::new(env.svc);
+    let (s1, n1) = (Arc::clone(&svc), format!("{}/broken:latest", reg.host()));
+    let first = tokio::spawn(async move { s1.pull(&n1, None, None).await });
+    // let the first pull start its (slow, failing) layer download
+    for _ in 0..100 {
+        if reg.count(&format!("/v2/broken/blobs/{shared}")) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rec = svc
+        .pull(&format!("{}/good:latest", reg.host()), None, None)
+        .await
+        .expect("the good repository serves every blob");
+    assert_eq!(rec.id, good.config_digest);
+    let e = first.await.unwrap().expect_err("broken layer");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+}
+
+#[tokio::test]
+async fn layer_stored_by_an_import_during_the_download_does_not_fail_the_pull() {
+    // While a pull waits for a layer, an import stores the same blob (and fails before
+    // unpacking it). The pull's download then finds the blob already stored; that must not
+    // turn into a diff id mismatch of its live unpack.
+    let reg = FakeRegistry::start().await;
+    let layer = tar_of(&[E::File("shared", b"base layer")]);
+    let img = image(vec![Layer::gz(&layer)], "");
+    reg.serve_image("slow", "latest", &img);
+    let shared = img.layer_digests[0].clone();
+    let mut r = Resp::ok(img.blobs[&shared].clone(), "application/octet-stream");
+    r.delay_ms = 500;
+    reg.route(&format!("/v2/slow/blobs/{shared}"), r);
+
+    // A layout whose image has the shared layer plus one whose blob is missing.
+    let missing = tar_of(&[E::File("other", b"x")]);
+    let other = image(vec![Layer::gz(&layer), Layer::gz(&missing)], "");
+    let layout = tempfile::tempdir().unwrap();
+    let blobs = layout.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for (d, b) in &other.blobs {
+        if d != &other.layer_digests[1] {
+            std::fs::write(blobs.join(hex_of(d)), b).unwrap();
+        }
+    }
+    std::fs::write(blobs.join(hex_of(&other.manifest_digest)), &other.manifest).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": other.manifest_digest, "size": other.manifest.len()}]});
+    std::fs::write(
+        layout.path().join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+
+    let env = env_for(&reg.host()).await;
+    let svc = Arc::new(env.svc);
+    let (s1, name) = (Arc::clone(&svc), format!("{}/slow:latest", reg.host()));
+    let pull = tokio::spawn(async move { s1.pull(&name, None, None).await });
+    for _ in 0..200 {
+        if reg.count(&format!("/v2/slow/blobs/{shared}")) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    svc.import(layout.path())
+        .await
+        .expect_err("the layout lacks a layer blob");
+    assert!(
+        env.dir
+            .path()
+            .join("images/blobs/sha256")
+            .join(hex_of(&shared))
+            .is_file(),
+        "the import stored the shared layer"
+    );
+    let rec = pull.await.unwrap().expect("pull");
+    let dirs = svc.layer_dirs(&rec);
+    assert_eq!(
+        std::fs::read(dirs[0].join("shared")).unwrap(),
+        b"base layer"
+    );
+    assert_eq!(
+        entries(&env.dir.path().join("images/ingest")),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
 async fn dropped_pull_completes_in_background_and_leaves_no_partial_state() {
     let reg = FakeRegistry::start().await;
     let img = two_layer_image();
