@@ -18,7 +18,7 @@ use crate::manifest::{self, Descriptor, Manifest, Parsed};
 use crate::pull::{Source, complete};
 use crate::reference::Reference;
 use crate::store::{BlobSpec, ContentStore};
-use crate::unpack::{Compression, clean_path, detect, open_decompressed};
+use crate::unpack::{Compression, TarGuard, clean_path, detect, open_decompressed};
 use crate::{ImageRecord, Inner, Limits};
 
 /// An image found in the input, its blobs already in the store.
@@ -368,7 +368,8 @@ fn scan_docker(
 /// links) into `dest`, refusing paths that escape.
 fn extract_archive(input: &Path, dest: &Path) -> Result<(), ImageError> {
     let r = open_decompressed(input).map_err(|e| err(input, format!("open: {e}")))?;
-    let mut a = tar::Archive::new(r);
+    // the guard refuses oversized extension headers before tar reads them into memory
+    let mut a = tar::Archive::new(TarGuard::new(r));
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut files: HashMap<PathBuf, ()> = HashMap::new();
     for ent in a

@@ -73,6 +73,366 @@ pub fn decompressed(reader: impl Read + 'static) -> io::Result<Box<dyn Read>> {
     })
 }
 
+/// Largest body accepted for a tar extension header (PAX `x`/`g`, GNU long name `L` / long link
+/// `K`). The `tar` crate reads these bodies fully into memory whatever size their header
+/// declares; Go's `archive/tar` (and so docker and containerd) refuses the same ones above 1 MiB.
+pub(crate) const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+
+const BLOCK: usize = 512;
+
+/// Why a [`TarGuard`] refused a stream: the payload of the `io::Error` (kind `InvalidData`) it
+/// returns, so callers can report it as a hostile layer.
+#[derive(Debug)]
+pub(crate) struct OversizedHeader {
+    /// The extension header's name field (lossy).
+    pub(crate) name: String,
+    /// Its typeflag.
+    pub(crate) kind: char,
+    /// The body size it declares.
+    pub(crate) size: u64,
+}
+
+impl OversizedHeader {
+    /// The guard's refusal carried by `e`, if that is what `e` is.
+    pub(crate) fn of(e: &io::Error) -> Option<&OversizedHeader> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
+impl std::fmt::Display for OversizedHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tar extension header '{}' declares {} bytes (limit {MAX_EXTENSION_HEADER})",
+            self.kind, self.size
+        )
+    }
+}
+
+impl std::error::Error for OversizedHeader {}
+
+/// Where a [`TarGuard`] is in the tar block structure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The next block is a header (or the end-of-archive marker).
+    Header,
+    /// The next block is a GNU sparse extension block; the entry's data follows the last one.
+    SparseExt { body: u64, pad: u64 },
+    /// `body` bytes of entry data, then `pad` bytes of padding to the next block.
+    Data { body: u64, pad: u64 },
+    /// Past the end-of-archive marker or a short block: everything passes through untouched.
+    Tail,
+    /// After a header the `tar` crate refuses too (size field not a number, size overflow): the
+    /// structure cannot be followed, so any further read fails.
+    Broken,
+}
+
+/// A reader between a layer stream and `tar::Archive` that follows the tar block structure
+/// exactly as the `tar` crate (0.4) does and fails, before `tar` reads any of it, on an extension
+/// header (`x`, `g`, `L`, `K`) declaring more than [`MAX_EXTENSION_HEADER`] bytes. Every byte is
+/// passed through unchanged; at most one block is buffered. To stay in step with `tar` it applies
+/// a PAX `size` record to the next entry and skips GNU sparse extension blocks, as `tar` does.
+pub(crate) struct TarGuard<R> {
+    inner: R,
+    step: Step,
+    /// The block being assembled (`Header`/`SparseExt`) or handed out (`serving`).
+    blk: [u8; BLOCK],
+    /// Bytes of `blk` read from `inner`.
+    filled: usize,
+    /// While handing out a completed block: bytes handed out and the step that follows it.
+    serving: Option<(usize, Step)>,
+    /// The `size` record of the PAX header that applies to the next entry.
+    pending_size: Option<u64>,
+    /// Scans the body of the PAX header being read.
+    pax: Option<PaxSizeScan>,
+}
+
+impl<R: Read> TarGuard<R> {
+    /// Wraps `inner`, which must be at the start of a tar stream.
+    pub(crate) fn new(inner: R) -> Self {
+        TarGuard {
+            inner,
+            step: Step::Header,
+            blk: [0; BLOCK],
+            filled: 0,
+            serving: None,
+            pending_size: None,
+            pax: None,
+        }
+    }
+
+    /// Decides what follows the (full) header block in `blk`, mirroring
+    /// `tar::archive::EntriesFields::{next_entry, next_entry_raw, parse_sparse_header}`.
+    fn after_header(&mut self) -> Result<Step, OversizedHeader> {
+        let b = &self.blk;
+        if b.iter().all(|&x| x == 0) {
+            return Ok(Step::Tail);
+        }
+        let kind = b[156];
+        let Some(size) = header_size(&b[124..136]) else {
+            return Ok(Step::Broken);
+        };
+        let extension = matches!(kind, b'x' | b'g' | b'L' | b'K');
+        if extension && size > MAX_EXTENSION_HEADER {
+            let name = &b[..100];
+            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            return Err(OversizedHeader {
+                name: String::from_utf8_lossy(&name[..end]).into_owned(),
+                kind: char::from(kind),
+                size,
+            });
+        }
+        let ustar = &b[257..263] == b"ustar\0" && &b[263..265] == b"00";
+        let gnu = &b[257..263] == b"ustar " && &b[263..265] == b" \0";
+        // A PAX `size` record overrides the size field of the next non-extension header.
+        let body = if extension {
+            size
+        } else {
+            self.pending_size.unwrap_or(size)
+        };
+        // `tar` consumes `x`, `L` and `K` with a ustar/GNU magic while assembling one entry; any
+        // other header is that entry, and the PAX header's effect ends with it.
+        if !((ustar || gnu) && matches!(kind, b'x' | b'L' | b'K')) {
+            self.pending_size = None;
+        }
+        if (ustar || gnu) && kind == b'x' {
+            self.pax = Some(PaxSizeScan::default());
+        }
+        let Some(padded) = body.checked_add(BLOCK as u64 - 1) else {
+            return Ok(Step::Broken);
+        };
+        let pad = (padded & !(BLOCK as u64 - 1)) - body;
+        Ok(if kind == b'S' && gnu && b[482] == 1 {
+            Step::SparseExt { body, pad }
+        } else {
+            Step::Data { body, pad }
+        })
+    }
+}
+
+/// The size field as the `tar` crate reads it: base-256 (of the last 8 bytes) when the high bit
+/// of the first byte is set, else octal text up to the first NUL with whitespace trimmed.
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field.first()? & 0x80 != 0 {
+        let tail = field.get(field.len().checked_sub(8)?..)?;
+        return Some(tail.iter().fold(0, |v, &b| (v << 8) | u64::from(b)));
+    }
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let text = std::str::from_utf8(&field[..end]).ok()?;
+    u64::from_str_radix(text.trim(), 8).ok()
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if let Some((done, after)) = self.serving {
+                let n = buf.len().min(self.filled - done);
+                buf[..n].copy_from_slice(&self.blk[done..done + n]);
+                if done + n == self.filled {
+                    self.serving = None;
+                    self.filled = 0;
+                    self.step = after;
+                } else {
+                    self.serving = Some((done + n, after));
+                }
+                return Ok(n);
+            }
+            match self.step {
+                Step::Header | Step::SparseExt { .. } => {
+                    while self.filled < BLOCK {
+                        let n = self.inner.read(&mut self.blk[self.filled..])?;
+                        if n == 0 {
+                            break;
+                        }
+                        self.filled += n;
+                    }
+                    if self.filled == 0 {
+                        return Ok(0);
+                    }
+                    let after = if self.filled < BLOCK {
+                        // short block: `tar` fails on it; nothing more to follow
+                        Step::Tail
+                    } else if let Step::SparseExt { body, pad } = self.step {
+                        if self.blk[504] == 1 {
+                            self.step
+                        } else {
+                            Step::Data { body, pad }
+                        }
+                    } else {
+                        match self.after_header() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                self.step = Step::Broken;
+                                self.filled = 0;
+                                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                            }
+                        }
+                    };
+                    self.serving = Some((0, after));
+                }
+                Step::Data { body: 0, pad: 0 } => {
+                    if let Some(scan) = self.pax.take() {
+                        self.pending_size = scan.finish();
+                    }
+                    self.step = Step::Header;
+                }
+                Step::Data { body, pad } => {
+                    let want = if body > 0 { body } else { pad };
+                    let len = usize::try_from(want).map_or(buf.len(), |w| w.min(buf.len()));
+                    let n = self.inner.read(&mut buf[..len])?;
+                    let got = n as u64;
+                    if body > 0 {
+                        if let Some(scan) = &mut self.pax {
+                            scan.feed(&buf[..n]);
+                        }
+                        self.step = Step::Data {
+                            body: body - got,
+                            pad,
+                        };
+                    } else {
+                        self.step = Step::Data {
+                            body,
+                            pad: pad - got,
+                        };
+                    }
+                    return Ok(n);
+                }
+                Step::Tail => return self.inner.read(buf),
+                Step::Broken => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "tar stream cannot be followed past a corrupt header",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Incremental `str::parse::<u64>()`: an optional leading `+`, then one or more ASCII digits.
+#[derive(Default)]
+struct Decimal {
+    seen: usize,
+    digits: usize,
+    value: u64,
+    bad: bool,
+}
+
+impl Decimal {
+    fn push(&mut self, b: u8) {
+        if self.seen == 0 && b == b'+' {
+        } else if b.is_ascii_digit() {
+            self.digits += 1;
+            match self
+                .value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            {
+                Some(v) => self.value = v,
+                None => self.bad = true,
+            }
+        } else {
+            self.bad = true;
+        }
+        self.seen += 1;
+    }
+
+    fn get(&self) -> Option<u64> {
+        (!self.bad && self.digits > 0).then_some(self.value)
+    }
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum PaxPhase {
+    /// The record length, up to the first space.
+    #[default]
+    Len,
+    /// The keyword, up to the first `=`.
+    Key,
+    /// The value, up to the newline.
+    Value,
+}
+
+/// Finds the `size` record of a PAX header body fed in pieces, with the result
+/// `tar::pax::pax_extensions_value(body, "size")` would give: records are split on `\n`; an
+/// empty line ends them; the first malformed record (no space, a length that is not the line's,
+/// no `=`) or the first `size` record ends the search.
+#[derive(Default)]
+struct PaxSizeScan {
+    /// Set once decided.
+    result: Option<Option<u64>>,
+    phase: PaxPhase,
+    /// Bytes of the current line so far (without the newline).
+    line: u64,
+    len: Decimal,
+    /// Bytes of keyword so far, and whether they are a prefix of `size`.
+    key: usize,
+    key_prefix: bool,
+    is_size: bool,
+    value: Decimal,
+}
+
+impl PaxSizeScan {
+    fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            if self.result.is_some() {
+                return;
+            }
+            if b == b'\n' {
+                self.end_line();
+                continue;
+            }
+            self.line += 1;
+            match self.phase {
+                PaxPhase::Len if b == b' ' => {
+                    self.phase = PaxPhase::Key;
+                    self.key = 0;
+                    self.key_prefix = true;
+                }
+                PaxPhase::Len => self.len.push(b),
+                PaxPhase::Key if b == b'=' => {
+                    self.is_size = self.key_prefix && self.key == 4;
+                    self.phase = PaxPhase::Value;
+                }
+                PaxPhase::Key => {
+                    self.key_prefix &= b"size".get(self.key) == Some(&b);
+                    self.key += 1;
+                }
+                PaxPhase::Value => {
+                    if self.is_size {
+                        self.value.push(b);
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        // malformed: empty line (the end), no space, a length that is not the line's, no `=`
+        let malformed = self.line == 0
+            || self.phase != PaxPhase::Value
+            || self.len.get() != Some(self.line + 1);
+        if malformed {
+            self.result = Some(None);
+        } else if self.is_size {
+            self.result = Some(self.value.get());
+        } else {
+            *self = PaxSizeScan::default();
+        }
+    }
+
+    /// The `size` value, once the whole body has been fed.
+    fn finish(mut self) -> Option<u64> {
+        if self.result.is_none() {
+            self.end_line();
+        }
+        self.result.flatten()
+    }
+}
+
 struct Ctx<'a> {
     digest: &'a str,
     root: &'a Path,
@@ -201,12 +561,17 @@ pub fn unpack_stream(reader: impl Read, digest: &str, dest: &Path) -> Result<Str
         dir_times: Vec::new(),
     };
     {
-        let mut archive = tar::Archive::new(&mut hashing);
+        // hashing sees every byte (`finish` drains what tar leaves); the guard sits between it
+        // and tar so an oversized extension header fails before tar buffers it
+        let mut archive = tar::Archive::new(TarGuard::new(&mut hashing));
         let entries = archive.entries().map_err(|e| ctx.io("read tar", dest, e))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| ImageError::Unpack {
-                digest: digest.to_string(),
-                reason: format!("read tar entry: {e}"),
+            let mut entry = entry.map_err(|e| match OversizedHeader::of(&e) {
+                Some(o) => ctx.hostile(Path::new(&o.name), o.to_string()),
+                None => ImageError::Unpack {
+                    digest: digest.to_string(),
+                    reason: format!("read tar entry: {e}"),
+                },
             })?;
             extract_entry(&mut ctx, &mut entry)?;
         }
@@ -710,5 +1075,471 @@ mod tests {
                 .is_char_device()
         );
         assert_eq!(fs::read(d.path().join("e")).expect("e"), b"e");
+    }
+
+    /// Hands out at most `max` bytes per read, so blocks straddle reads.
+    struct Chunky<R> {
+        inner: R,
+        max: usize,
+    }
+
+    impl<R: Read> Read for Chunky<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.max);
+            self.inner.read(&mut buf[..n])
+        }
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R> {
+        inner: R,
+        n: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.n.set(self.n.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// One PAX record, `"<len> <key>=<value>\n"` with `len` counting itself.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest;
+        loop {
+            let total = rest + len.to_string().len();
+            if total == len {
+                break;
+            }
+            len = total;
+        }
+        let mut r = format!("{len} {key}=").into_bytes();
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        r
+    }
+
+    /// An extension (or any) header with a ustar or GNU magic.
+    fn ext_header(kind: EntryType, size: u64, gnu: bool) -> tar::Header {
+        let mut h = if gnu {
+            tar::Header::new_gnu()
+        } else {
+            tar::Header::new_ustar()
+        };
+        h.set_path(if gnu { "././@LongLink" } else { "PaxHeaders/x" })
+            .expect("path");
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    /// 300 bytes: too long for a ustar header, set by a PAX `path` record.
+    fn pax_path() -> String {
+        format!("x/{}/{}", "q".repeat(150), "r".repeat(147))
+    }
+
+    fn long_path() -> String {
+        format!("{}/file", "d".repeat(140)) + &"p".repeat(150)
+    }
+
+    fn long_target() -> String {
+        format!("../{}", "t".repeat(200))
+    }
+
+    /// A valid layer with a PAX path of 300 chars, a GNU long name, a GNU long link name,
+    /// entries of odd sizes, followed by `trailer` after the end-of-archive blocks.
+    fn sample_tar(trailer: &[u8]) -> Vec<u8> {
+        let mut tar = build(|b| {
+            b.append(&hdr("a", EntryType::Regular, 3, 0o644), &b"abc"[..])
+                .expect("a");
+            let mut pax = pax_record("path", pax_path().as_bytes());
+            pax.extend(pax_record("mtime", b"1600000000.5"));
+            b.append(
+                &ext_header(EntryType::XHeader, pax.len() as u64, false),
+                &pax[..],
+            )
+            .expect("a");
+            let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+            b.append(&hdr("short", EntryType::Regular, 1000, 0o644), &body[..])
+                .expect("a");
+            let mut h = hdr("placeholder", EntryType::Regular, 513, 0o600);
+            b.append_data(&mut h, long_path(), &[7u8; 513][..])
+                .expect("a");
+            let mut h = hdr("placeholder", EntryType::Symlink, 0, 0o777);
+            b.append_link(&mut h, "l/link", long_target()).expect("a");
+            b.append(&hdr("z/", EntryType::Directory, 0, 0o755), io::empty())
+                .expect("a");
+        });
+        tar.extend_from_slice(trailer);
+        tar
+    }
+
+    /// (path, type, size, link) of an entry.
+    type Listed = (PathBuf, EntryType, u64, Option<PathBuf>);
+
+    /// Every entry `tar` yields from `r`.
+    fn listing(r: impl Read) -> io::Result<Vec<Listed>> {
+        let mut a = tar::Archive::new(r);
+        let mut out = Vec::new();
+        for e in a.entries()? {
+            let e = e?;
+            out.push((
+                e.path()?.into_owned(),
+                e.header().entry_type(),
+                e.size(),
+                e.link_name()?.map(|l| l.into_owned()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Reads `r` to the end with reads of at most `chunk` bytes.
+    fn read_chunked(mut r: impl Read, chunk: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            match r.read(&mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// A tar stream: `before`, an extension header of `kind` declaring `size` bytes, `size` zero
+    /// bytes (generated, never allocated) and the end-of-archive blocks.
+    fn bomb(before: &[u8], kind: EntryType, gnu: bool, size: u64) -> impl Read + 'static {
+        let h = ext_header(kind, size, gnu);
+        io::Cursor::new(before.to_vec())
+            .chain(io::Cursor::new(h.as_bytes().to_vec()))
+            .chain(io::repeat(0).take(size))
+            .chain(io::Cursor::new(vec![0u8; 1024]))
+    }
+
+    const CHUNKS: [usize; 3] = [1, 7, 4096];
+
+    #[test]
+    fn guard_passes_valid_streams_through_unchanged_in_any_chunking() {
+        let trailer = b"bytes after the end-of-archive marker: \x00\x01 not tar at all";
+        let tar = sample_tar(trailer);
+        let plain = listing(&tar[..]).expect("list");
+        assert_eq!(plain.len(), 5, "{plain:?}");
+        for inner in CHUNKS {
+            for outer in CHUNKS {
+                let g = TarGuard::new(Chunky {
+                    inner: &tar[..],
+                    max: inner,
+                });
+                let out = read_chunked(g, outer).expect("read");
+                assert!(out == tar, "inner {inner} outer {outer}: stream changed");
+                let g = TarGuard::new(Chunky {
+                    inner: &tar[..],
+                    max: inner,
+                });
+                let l = listing(Chunky {
+                    inner: g,
+                    max: outer,
+                })
+                .expect("list");
+                assert_eq!(l, plain, "inner {inner} outer {outer}");
+            }
+        }
+        // a stream with no end-of-archive marker, and an empty one
+        let cut = &tar[..tar.len() - trailer.len() - 1024];
+        let out = read_chunked(TarGuard::new(cut), 7).expect("read");
+        assert!(out == cut);
+        assert!(
+            read_chunked(TarGuard::new(&[][..]), 7)
+                .expect("read")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn guard_refuses_oversized_extension_headers_before_reading_them() {
+        let before = build(|b| {
+            b.append(&hdr("a", EntryType::Regular, 3, 0o644), &b"abc"[..])
+                .expect("a");
+        });
+        let before = &before[..1024]; // without the end-of-archive blocks
+        let cases = [
+            (EntryType::XHeader, false),
+            (EntryType::XGlobalHeader, false),
+            (EntryType::GNULongName, true),
+            (EntryType::GNULongLink, true),
+            (EntryType::XHeader, true),
+        ];
+        for (kind, gnu) in cases {
+            for chunk in CHUNKS {
+                let n = std::rc::Rc::new(std::cell::Cell::new(0));
+                let src = Counting {
+                    inner: Chunky {
+                        inner: bomb(before, kind, gnu, 64 << 20),
+                        max: chunk,
+                    },
+                    n: n.clone(),
+                };
+                let e = read_chunked(TarGuard::new(src), chunk).expect_err("refused");
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                let o = OversizedHeader::of(&e).expect("guard error");
+                assert_eq!((o.kind, o.size), (char::from(kind.as_byte()), 64 << 20));
+                assert_eq!(
+                    n.get(),
+                    1024 + 512,
+                    "{kind:?} chunk {chunk}: read past the header"
+                );
+            }
+        }
+        // exactly the limit passes the guard, one byte more does not
+        let at = read_chunked(
+            TarGuard::new(bomb(
+                &[],
+                EntryType::GNULongName,
+                true,
+                MAX_EXTENSION_HEADER,
+            )),
+            4096,
+        )
+        .expect("at the limit");
+        assert_eq!(at.len() as u64, 512 + MAX_EXTENSION_HEADER + 1024);
+        let over = bomb(&[], EntryType::GNULongName, true, MAX_EXTENSION_HEADER + 1);
+        assert!(read_chunked(TarGuard::new(over), 4096).is_err());
+        // a base-256 size field
+        let mut h = ext_header(EntryType::XHeader, 0, false);
+        let size = &mut h.as_old_mut().size;
+        size.fill(0);
+        size[0] = 0x80;
+        size[4..].copy_from_slice(&(5u64 << 30).to_be_bytes());
+        h.set_cksum();
+        let e =
+            read_chunked(TarGuard::new(h.as_bytes().chain(io::repeat(0))), 7).expect_err("refused");
+        assert_eq!(OversizedHeader::of(&e).expect("guard").size, 5 << 30);
+    }
+
+    #[test]
+    fn guard_follows_pax_size_overrides_like_tar() {
+        let fake_bomb = ext_header(EntryType::XHeader, 64 << 20, false);
+        // `size` in the PAX header makes the next entry 1024 bytes though its header says 0:
+        // a bomb-looking block in its data is data
+        let pax = pax_record("size", b"1024");
+        let mut data = fake_bomb.as_bytes().to_vec();
+        data.resize(1024, b'd');
+        let tar = build(|b| {
+            b.append(
+                &ext_header(EntryType::XHeader, pax.len() as u64, false),
+                &pax[..],
+            )
+            .expect("a");
+            let mut h = hdr("f", EntryType::Regular, 0, 0o644);
+            h.set_size(0);
+            h.set_cksum();
+            b.append(&h, &data[..]).expect("a");
+        });
+        for chunk in CHUNKS {
+            let out = read_chunked(
+                TarGuard::new(Chunky {
+                    inner: &tar[..],
+                    max: chunk,
+                }),
+                chunk,
+            )
+            .expect("not a bomb");
+            assert!(out == tar);
+        }
+        let d = tempfile::tempdir().expect("tempdir");
+        unpack_stream(&tar[..], "sha256:test", d.path()).expect("unpack");
+        assert_eq!(fs::read(d.path().join("f")).expect("f"), data);
+
+        // `size=0` makes the next entry empty though its header says 1024: what follows its
+        // header is the next header, a real bomb
+        let pax = pax_record("size", b"0");
+        let mut before = build(|b| {
+            b.append(
+                &ext_header(EntryType::XHeader, pax.len() as u64, false),
+                &pax[..],
+            )
+            .expect("a");
+            b.append(&hdr("f", EntryType::Regular, 1024, 0o644), &[0u8; 1024][..])
+                .expect("a");
+        });
+        before.truncate(1024 + 512); // the pax entry and the header of `f`
+        for chunk in CHUNKS {
+            let src = Chunky {
+                inner: bomb(&before, EntryType::XHeader, false, 64 << 20),
+                max: chunk,
+            };
+            let e = read_chunked(TarGuard::new(src), chunk).expect_err("bomb");
+            assert!(OversizedHeader::of(&e).is_some(), "{e}");
+        }
+        let d = tempfile::tempdir().expect("tempdir");
+        let e = unpack_stream(
+            bomb(&before, EntryType::XHeader, false, 64 << 20),
+            "sha256:t",
+            d.path(),
+        )
+        .expect_err("bomb");
+        assert!(matches!(e, ImageError::HostileLayer { .. }), "{e}");
+    }
+
+    #[test]
+    fn pax_size_scan_matches_tar() {
+        fn tar_size(body: &[u8]) -> Option<u64> {
+            // tar::pax::pax_extensions_value(body, "size")
+            for ext in tar::PaxExtensions::new(body) {
+                let ext = ext.ok()?;
+                if ext.key() != Ok("size") {
+                    continue;
+                }
+                return ext.value().ok()?.parse().ok();
+            }
+            None
+        }
+        let mut bodies: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"\n".to_vec(),
+            pax_record("size", b"42"),
+            pax_record("size", b"+42"),
+            pax_record("size", b"-1"),
+            pax_record("size", b"4x"),
+            pax_record("size", b""),
+            pax_record("size", b"18446744073709551615"),
+            pax_record("size", b"18446744073709551616"),
+            pax_record("sizes", b"1"),
+            pax_record("siz", b"1"),
+            pax_record("size", b"1=2"),
+            [pax_record("path", b"a"), pax_record("size", b"7")].concat(),
+            [pax_record("size", b"7"), pax_record("size", b"9")].concat(),
+            [
+                pax_record("path", b"a"),
+                b"\n".to_vec(),
+                pax_record("size", b"7"),
+            ]
+            .concat(),
+            [b"9 path=a\n".to_vec(), pax_record("size", b"7")].concat(),
+            [b"nospace\n".to_vec(), pax_record("size", b"7")].concat(),
+            [b"10 noequal\n".to_vec(), pax_record("size", b"7")].concat(),
+            [b"+13 path=abc\n".to_vec(), pax_record("size", b"7")].concat(),
+            [b"013 path=abc\n".to_vec(), pax_record("size", b"7")].concat(),
+            b"11 size=123".to_vec(),
+            b"12 size=123".to_vec(),
+            b"11 size=123\n".to_vec(),
+            b"12 size=1 3\n".to_vec(),
+            b"12 s\xffze=13\n".to_vec(),
+        ];
+        // pseudo-random mutations of valid bodies
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let base = [
+            pax_record("uid", b"0"),
+            pax_record("size", b"4096"),
+            pax_record("path", b"x"),
+        ]
+        .concat();
+        for _ in 0..2000 {
+            let mut b = base.clone();
+            for _ in 0..3 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let i = (seed as usize) % b.len();
+                b[i] = b" =\n+019size"[(seed >> 32) as usize % 11];
+            }
+            bodies.push(b);
+        }
+        for body in bodies {
+            let want = tar_size(&body);
+            for chunk in CHUNKS {
+                let mut scan = PaxSizeScan::default();
+                for piece in body.chunks(chunk) {
+                    scan.feed(piece);
+                }
+                assert_eq!(scan.finish(), want, "{:?}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+
+    #[test]
+    fn guard_follows_gnu_sparse_extension_blocks() {
+        // a sparse entry whose extension block is all zeros (not the end of the archive), then
+        // a bomb
+        let mut h = tar::Header::new_gnu();
+        h.set_path("s").expect("path");
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_size(512);
+        {
+            let g = h.as_gnu_mut().expect("gnu");
+            g.sparse[0].set_offset(0);
+            g.sparse[0].set_length(512);
+            g.set_real_size(512);
+            g.set_is_extended(true);
+        }
+        h.set_cksum();
+        let mut before = h.as_bytes().to_vec();
+        before.extend_from_slice(tar::GnuExtSparseHeader::new().as_bytes());
+        before.extend_from_slice(&[1u8; 512]);
+        for chunk in CHUNKS {
+            let src = Chunky {
+                inner: bomb(&before, EntryType::GNULongName, true, 64 << 20),
+                max: chunk,
+            };
+            let e = read_chunked(TarGuard::new(src), chunk).expect_err("bomb");
+            assert!(OversizedHeader::of(&e).is_some(), "{e}");
+        }
+        let src = bomb(&before, EntryType::GNULongName, true, 64 << 20);
+        let e = listing(TarGuard::new(src)).expect_err("bomb");
+        assert!(OversizedHeader::of(&e).is_some(), "{e}");
+    }
+
+    #[test]
+    fn gzipped_pax_and_longname_bombs_are_hostile() {
+        for (kind, gnu) in [(EntryType::XHeader, false), (EntryType::GNULongName, true)] {
+            let mut gz = Vec::new();
+            flate2::read::GzEncoder::new(
+                bomb(&[], kind, gnu, 64 << 20),
+                flate2::Compression::fast(),
+            )
+            .read_to_end(&mut gz)
+            .expect("gzip");
+            assert!(gz.len() < 1 << 20, "{}", gz.len());
+            let n = std::rc::Rc::new(std::cell::Cell::new(0));
+            let reader = Counting {
+                inner: decompressed(io::Cursor::new(gz)).expect("gzip"),
+                n: n.clone(),
+            };
+            let d = tempfile::tempdir().expect("tempdir");
+            let e = unpack_stream(reader, "sha256:bomb", d.path()).expect_err("bomb");
+            assert!(matches!(e, ImageError::HostileLayer { .. }), "{e}");
+            assert_eq!(
+                unicri_sandbox::Classify::kind(&e),
+                unicri_sandbox::ErrorKind::DataLoss
+            );
+            assert!(e.to_string().contains("extension header"), "{e}");
+            assert_eq!(n.get(), 512, "read past the header");
+            assert!(fs::read_dir(d.path()).expect("ls").next().is_none());
+        }
+    }
+
+    #[test]
+    fn long_pax_paths_and_gnu_long_names_unpack() {
+        let tar = sample_tar(b"");
+        let d = tempfile::tempdir().expect("tempdir");
+        let diff = unpack_stream(&tar[..], "sha256:test", d.path()).expect("unpack");
+        assert_eq!(diff, crate::digest::sha256_digest(&tar));
+        let r = d.path();
+        assert_eq!(fs::read(r.join("a")).expect("a"), b"abc");
+        let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(fs::read(r.join(pax_path())).expect("pax path"), body);
+        assert!(!r.join("short").exists());
+        assert_eq!(
+            fs::read(r.join(long_path())).expect("long name"),
+            [7u8; 513]
+        );
+        assert_eq!(
+            fs::read_link(r.join("l/link")).expect("link"),
+            Path::new(&long_target())
+        );
+        assert!(r.join("z").is_dir());
     }
 }

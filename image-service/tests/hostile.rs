@@ -486,3 +486,28 @@ async fn index_without_amd64_is_not_found() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.to_string().contains("no linux/amd64 manifest"), "{err}");
 }
+
+#[tokio::test]
+async fn pax_header_bomb_is_rejected() {
+    // 64 MiB of PAX header: the tar crate would read it all into memory
+    let canary = Canary::new();
+    let bomb = extension_header_bomb(tar::EntryType::XHeader, 64 << 20);
+    assert!(bomb.blob.len() < 1 << 20);
+    let (env, _r, _i, err) = pull_evil(vec![bomb]).await;
+    assert_hostile(&err);
+    assert!(err.to_string().contains("extension header"), "{err}");
+    assert_clean_after_failure(&env, None);
+    canary.assert_untouched();
+}
+
+#[tokio::test]
+async fn gnu_long_name_bomb_is_rejected() {
+    let canary = Canary::new();
+    let bomb = extension_header_bomb(tar::EntryType::GNULongName, 64 << 20);
+    assert!(bomb.blob.len() < 1 << 20);
+    let (env, _r, _i, err) = pull_evil(vec![bomb]).await;
+    assert_hostile(&err);
+    assert!(err.to_string().contains("extension header"), "{err}");
+    assert_clean_after_failure(&env, None);
+    canary.assert_untouched();
+}

@@ -239,3 +239,32 @@ async fn hostile_and_broken_imports_fail() {
     );
     assert!(svc.import(&junk.path().join("missing.tar")).await.is_err());
 }
+
+#[tokio::test]
+async fn extension_header_bombs_fail_imports() {
+    let (_d, svc) = service().await;
+    // an image archive that is itself a (gzipped) 64 MiB PAX header
+    let out = tempfile::tempdir().unwrap();
+    let evil = out.path().join("evil.tar.gz");
+    let bomb = extension_header_bomb(tar::EntryType::XHeader, 64 << 20);
+    std::fs::write(&evil, &bomb.blob).unwrap();
+    let err = svc.import(&evil).await.expect_err("archive bomb");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("extension header"), "{err}");
+
+    // a layout whose layer is a 64 MiB GNU long name
+    let img = image(
+        vec![extension_header_bomb(tar::EntryType::GNULongName, 64 << 20)],
+        "",
+    );
+    let layout = tempfile::tempdir().unwrap();
+    write_layout(layout.path(), &img, false);
+    let err = svc.import(layout.path()).await.expect_err("layer bomb");
+    assert!(
+        matches!(err, unicri_image::ImageError::HostileLayer { .. }),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
+    assert_eq!(entries(&svc.root().join("snapshots")), Vec::<String>::new());
+    assert_eq!(entries(&svc.root().join("ingest")), Vec::<String>::new());
+}

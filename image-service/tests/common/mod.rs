@@ -515,3 +515,44 @@ pub fn assert_clean_after_failure(env: &Env, bad_digest: Option<&str>) {
         );
     }
 }
+
+/// A gzip layer whose tar starts with an extension header (`kind`: PAX `x`/`g`, GNU `L`/`K`)
+/// declaring `size` bytes of zeros: streamed through the encoder, never held in memory (the
+/// gzip of zeros is tiny).
+pub fn extension_header_bomb(kind: tar::EntryType, size: u64) -> Layer {
+    let mut h = if kind.is_gnu_longname() || kind.is_gnu_longlink() {
+        tar::Header::new_gnu()
+    } else {
+        tar::Header::new_ustar()
+    };
+    h.set_path("././@LongLink").unwrap();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    struct Tee<R>(R, Sha256);
+    impl<R: std::io::Read> std::io::Read for Tee<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let zeros = std::io::Read::take(std::io::repeat(0), size.next_multiple_of(512));
+    let tar = std::io::Read::chain(
+        std::io::Read::chain(std::io::Cursor::new(h.as_bytes().to_vec()), zeros),
+        std::io::Cursor::new(vec![0u8; 1024]),
+    );
+    let mut tee = Tee(tar, Sha256::new());
+    let mut blob = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzEncoder::new(&mut tee, flate2::Compression::fast()),
+        &mut blob,
+    )
+    .unwrap();
+    Layer {
+        blob,
+        media_type: LAYER_GZIP.into(),
+        diff_id: format!("sha256:{}", hex::encode(tee.1.finalize())),
+    }
+}
