@@ -706,3 +706,55 @@ async fn restart_keeps_images() -> Result<()> {
     ensure!(st.id == img.id());
     d.finish().await
 }
+
+// ---------------------------------------------------------------------------------------------
+// hostile input through the daemon
+// ---------------------------------------------------------------------------------------------
+
+/// A layer that writes through a symlink pointing outside the store fails the pull with
+/// DATA_LOSS; nothing is written outside, and the daemon's clean-up leaves no blob, snapshot or
+/// ingest file of the half-pulled image (its first, valid layer included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layer_fails_pull_and_leaves_nothing() -> Result<()> {
+    require_registry!("hostile_layer_fails_pull_and_leaves_nothing");
+    let reg = start_registry(RegistryOpts::default()).await?;
+    let canary = tempfile::tempdir()?;
+    let good = LayerBuilder::new()
+        .dir("/etc")
+        .file("/etc/marker", "good\n")
+        .build(Compression::Gzip)?;
+    let evil = LayerBuilder::new()
+        .symlink("/evil", canary.path().to_str().context("canary path")?)
+        .file("/evil/pwned", "pwned\n")
+        .build(Compression::Gzip)?;
+    let img = ImageBuilder::new().layer(good).layer(evil).build()?;
+    reg.pusher().push_image("e2e/hostile", "v1", &img).await?;
+    let d = start_daemon(DaemonOpts::default().local_registry(&reg)).await?;
+
+    let name = format!("{}/e2e/hostile:v1", reg.host());
+    let err = d
+        .image()
+        .pull_image(unicri_proto::v1::PullImageRequest {
+            image: Some(unicri_e2e::daemon::spec(&name)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a layer writing through an outside symlink must fail the pull");
+    ensure!(err.code() == tonic::Code::DataLoss, "{err:?}");
+    ensure!(
+        std::fs::read_dir(canary.path())?.count() == 0,
+        "something was written outside the store"
+    );
+    ensure!(d.image_status(&name).await?.is_none());
+    for sub in ["blobs/sha256", "snapshots", "ingest"] {
+        let p = d.images_dir().join(sub);
+        if p.exists() {
+            let left: Vec<_> = std::fs::read_dir(&p)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect();
+            ensure!(left.is_empty(), "{} still holds {left:?}", p.display());
+        }
+    }
+    d.finish().await
+}
