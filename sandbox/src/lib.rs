@@ -3,11 +3,13 @@
 //! * [`ErrorKind`]: the one classification every crate's error maps to; `cri-server` turns it into a
 //!   gRPC status in exactly one place.
 //! * [`id`]: 64-hex-digit object ids (the form kubelet and crictl expect) and id-prefix matching.
+//! * [`pod`]: the backend-neutral pod description ([`pod::PodSpec`]) a CRI `PodSandboxConfig` maps to.
 //!
 //! The pod/container state machines and the `SandboxBackend`/`TaskRuntime` traits arrive with the
 //! linux-pods issue; until then this crate holds only what the image service and the edge share.
 
 pub mod id;
+pub mod pod;
 
 /// What kind of failure an error is, independent of the crate it came from.
 ///

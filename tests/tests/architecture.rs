@@ -12,6 +12,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     m.insert("unicri-storage", BTreeSet::from(["unicri-sandbox"]));
     m.insert("unicri-image", BTreeSet::from(["unicri-sandbox"]));
     m.insert("unicri-network-cni", BTreeSet::from(["unicri-sandbox"]));
+    m.insert("unicri-runtime-linux", BTreeSet::from(["unicri-sandbox"]));
     m.insert(
         "unicri-cri-server",
         BTreeSet::from([
