@@ -66,6 +66,9 @@ cleanup() {
         kill -KILL "$UNICRI_PID" 2>/dev/null || true
         wait "$UNICRI_PID" 2>/dev/null || true
     fi
+    if [[ -n "${CNI_BRIDGE:-}" ]]; then
+        ip link del "$CNI_BRIDGE" 2>/dev/null || true
+    fi
     if [[ -n "$REG_PID" ]]; then
         kill -TERM "$REG_PID" 2>/dev/null || true
         wait "$REG_PID" 2>/dev/null || true
@@ -127,7 +130,21 @@ for host in registry.k8s.io k8s.gcr.io gcr.io public.ecr.aws docker.io "$REG_HOS
   skip_verify = true
 EOF
 done
+# --- pod network: a bridge + host-local conflist of our own (bridge removed on exit) -------------
+CNI_BRIDGE="ucrt$(( $$ % 1000 ))"
+mkdir -p "$TMP/net.d"
+cat >"$TMP/net.d/10-critest.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "unicri-critest", "plugins": [
+  {"type": "bridge", "bridge": "$CNI_BRIDGE", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.252.$(( $$ % 250 )).0/24"}]], "dataDir": "$TMP/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}
+]}
+EOF
 {
+    echo "[cni]"
+    echo "conf_dir = \"$TMP/net.d\""
+    echo "bin_dirs = [\"/usr/lib/cni\"]"
+    echo
     echo "[registry]"
     echo "config_path = \"$TMP/certs.d\""
     if [[ -n "$CONFIG_EXTRA" ]]; then echo; cat "$CONFIG_EXTRA"; fi

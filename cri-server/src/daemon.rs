@@ -140,9 +140,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let images = Arc::new(Images::new(Arc::new(image_service), store.clone()));
     let max_msg = cfg.grpc.max_recv_message_size;
     let address = cfg.grpc.address.clone();
+    let config = Arc::new(cfg);
+    let pods = Arc::new(crate::pods::Pods::new(config.clone(), store.clone()));
     let cri = Arc::new(Cri {
-        config: Arc::new(cfg),
+        config,
         images,
+        pods,
     });
 
     let listener = bind_socket(&address).await?;
@@ -162,6 +165,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
     let _ = fs::remove_file(&address);
+    cri.pods.release_if_idle().await;
     store.close().await;
     served.context("grpc server")?;
     tracing::info!("stopped");

@@ -8,6 +8,7 @@ mod deadline;
 mod error;
 mod images;
 mod instrument;
+mod pods;
 mod rpc;
 mod server;
 

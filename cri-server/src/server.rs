@@ -20,6 +20,8 @@ pub struct Cri {
     pub config: Arc<Config>,
     /// Image orchestration.
     pub images: Arc<Images>,
+    /// Pod sandboxes.
+    pub pods: Arc<crate::pods::Pods>,
 }
 
 type Resp<T> = Result<Response<T>, Status>;
@@ -80,40 +82,71 @@ impl v1::runtime_service_server::RuntimeService for Cri {
 
     async fn run_pod_sandbox(
         &self,
-        _: Request<v1::RunPodSandboxRequest>,
+        req: Request<v1::RunPodSandboxRequest>,
     ) -> Resp<v1::RunPodSandboxResponse> {
-        not_yet!("RunPodSandbox", PODS_ISSUE)
+        rpc(
+            "RunPodSandbox",
+            Level::Mutating,
+            r::run_pod_sandbox::run_pod_sandbox(self, req.into_inner()),
+        )
+        .await
     }
     async fn stop_pod_sandbox(
         &self,
-        _: Request<v1::StopPodSandboxRequest>,
+        req: Request<v1::StopPodSandboxRequest>,
     ) -> Resp<v1::StopPodSandboxResponse> {
-        not_yet!("StopPodSandbox", PODS_ISSUE)
+        rpc(
+            "StopPodSandbox",
+            Level::Mutating,
+            r::stop_pod_sandbox::stop_pod_sandbox(self, req.into_inner()),
+        )
+        .await
     }
     async fn remove_pod_sandbox(
         &self,
-        _: Request<v1::RemovePodSandboxRequest>,
+        req: Request<v1::RemovePodSandboxRequest>,
     ) -> Resp<v1::RemovePodSandboxResponse> {
-        not_yet!("RemovePodSandbox", PODS_ISSUE)
+        rpc(
+            "RemovePodSandbox",
+            Level::Mutating,
+            r::remove_pod_sandbox::remove_pod_sandbox(self, req.into_inner()),
+        )
+        .await
     }
     async fn pod_sandbox_status(
         &self,
-        _: Request<v1::PodSandboxStatusRequest>,
+        req: Request<v1::PodSandboxStatusRequest>,
     ) -> Resp<v1::PodSandboxStatusResponse> {
-        not_yet!("PodSandboxStatus", PODS_ISSUE)
+        rpc(
+            "PodSandboxStatus",
+            Level::Polled,
+            r::pod_sandbox_status::pod_sandbox_status(self, req.into_inner()),
+        )
+        .await
     }
     async fn list_pod_sandbox(
         &self,
-        _: Request<v1::ListPodSandboxRequest>,
+        req: Request<v1::ListPodSandboxRequest>,
     ) -> Resp<v1::ListPodSandboxResponse> {
-        not_yet!("ListPodSandbox", PODS_ISSUE)
+        rpc(
+            "ListPodSandbox",
+            Level::Polled,
+            r::list_pod_sandbox::list_pod_sandbox(self, req.into_inner()),
+        )
+        .await
     }
     type StreamPodSandboxesStream = BoxStream<v1::StreamPodSandboxesResponse>;
     async fn stream_pod_sandboxes(
         &self,
-        _: Request<v1::StreamPodSandboxesRequest>,
+        req: Request<v1::StreamPodSandboxesRequest>,
     ) -> Resp<Self::StreamPodSandboxesStream> {
-        not_yet!("StreamPodSandboxes", PODS_ISSUE)
+        rpc("StreamPodSandboxes", Level::Polled, async {
+            let pages = r::list_pod_sandbox::stream_pod_sandboxes(self, req.into_inner()).await?;
+            let s: Self::StreamPodSandboxesStream =
+                Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
+            Ok(s)
+        })
+        .await
     }
     async fn create_container(
         &self,

@@ -98,6 +98,31 @@ pub struct OpenOperation {
     pub payload: String,
 }
 
+/// One pod sandbox as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodRow {
+    /// Sandbox id.
+    pub id: String,
+    /// CRI metadata name.
+    pub name: String,
+    /// CRI metadata namespace.
+    pub namespace: String,
+    /// CRI metadata uid.
+    pub uid: String,
+    /// CRI metadata attempt.
+    pub attempt: u32,
+    /// Runtime handler.
+    pub handler: String,
+    /// `ready` or `notready`.
+    pub state: String,
+    /// Creation time, nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The CRI `PodSandboxConfig`, protobuf-encoded (opaque here).
+    pub config: Vec<u8>,
+    /// Backend and network state, JSON (opaque here).
+    pub backend_state: String,
+}
+
 /// The state store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -274,6 +299,131 @@ impl Store {
         Ok(res.rows_affected() > 0)
     }
 
+    /// Inserts a pod. A pod with the same (name, namespace, uid, attempt) is `Ok(false)`.
+    pub async fn insert_pod(&self, p: &PodRow) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO pods (id, name, namespace, uid, attempt, handler, state, created_at, config, backend_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (name, namespace, uid, attempt) DO NOTHING",
+        )
+        .bind(&p.id)
+        .bind(&p.name)
+        .bind(&p.namespace)
+        .bind(&p.uid)
+        .bind(i64::from(p.attempt))
+        .bind(&p.handler)
+        .bind(&p.state)
+        .bind(p.created_at)
+        .bind(&p.config)
+        .bind(&p.backend_state)
+        .execute(&self.pool)
+        .await
+        .map_err(q("insert pod"))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    fn pod_from_row(r: &sqlx::sqlite::SqliteRow) -> PodRow {
+        PodRow {
+            id: r.get(0),
+            name: r.get(1),
+            namespace: r.get(2),
+            uid: r.get(3),
+            attempt: u32::try_from(r.get::<i64, _>(4)).unwrap_or(0),
+            handler: r.get(5),
+            state: r.get(6),
+            created_at: r.get(7),
+            config: r.get(8),
+            backend_state: r.get(9),
+        }
+    }
+
+    const POD_COLUMNS: &'static str =
+        "id, name, namespace, uid, attempt, handler, state, created_at, config, backend_state";
+
+    /// The pod with exactly this id.
+    pub async fn pod(&self, id: &str) -> Result<Option<PodRow>, StoreError> {
+        let sql = format!("SELECT {} FROM pods WHERE id = ?1", Self::POD_COLUMNS);
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get pod"))?;
+        Ok(row.as_ref().map(Self::pod_from_row))
+    }
+
+    /// The pod with this CRI identity.
+    pub async fn pod_by_identity(
+        &self,
+        name: &str,
+        namespace: &str,
+        uid: &str,
+        attempt: u32,
+    ) -> Result<Option<PodRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM pods WHERE name = ?1 AND namespace = ?2 AND uid = ?3 AND attempt = ?4",
+            Self::POD_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .bind(namespace)
+            .bind(uid)
+            .bind(i64::from(attempt))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get pod by identity"))?;
+        Ok(row.as_ref().map(Self::pod_from_row))
+    }
+
+    /// Ids of pods whose id starts with `prefix`.
+    pub async fn pod_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
+        sqlx::query_scalar("SELECT id FROM pods WHERE id LIKE ?1 ORDER BY id")
+            .bind(pattern)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("find pods by id prefix"))
+    }
+
+    /// Every pod, oldest first.
+    pub async fn list_pods(&self) -> Result<Vec<PodRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM pods ORDER BY created_at, id",
+            Self::POD_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list pods"))?;
+        Ok(rows.iter().map(Self::pod_from_row).collect())
+    }
+
+    /// Sets a pod's state and backend state.
+    pub async fn update_pod(
+        &self,
+        id: &str,
+        state: &str,
+        backend_state: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE pods SET state = ?2, backend_state = ?3 WHERE id = ?1")
+            .bind(id)
+            .bind(state)
+            .bind(backend_state)
+            .execute(&self.pool)
+            .await
+            .map_err(q("update pod"))?;
+        Ok(())
+    }
+
+    /// Deletes a pod (and, by cascade, its containers' rows). Returns whether it existed.
+    pub async fn delete_pod(&self, id: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM pods WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete pod"))?;
+        Ok(res.rows_affected() > 0)
+    }
+
     /// Records the start of a multi-step operation; returns its journal id.
     pub async fn journal_begin(
         &self,
@@ -420,6 +570,51 @@ mod tests {
             vec!["sha256:abc2"]
         );
         assert!(s.image_ids_with_prefix("%").await.unwrap().len() <= 3);
+    }
+
+    fn pod(id: &str, name: &str) -> PodRow {
+        PodRow {
+            id: id.into(),
+            name: name.into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            attempt: 0,
+            handler: String::new(),
+            state: "ready".into(),
+            created_at: 1,
+            config: vec![1, 2, 3],
+            backend_state: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn pods_are_unique_per_identity_and_update_and_delete() {
+        let (_d, s) = store().await;
+        assert!(s.insert_pod(&pod("p1", "web")).await.unwrap());
+        assert!(
+            !s.insert_pod(&pod("p2", "web")).await.unwrap(),
+            "same identity refused"
+        );
+        assert!(s.pod("p2").await.unwrap().is_none());
+        let got = s
+            .pod_by_identity("web", "ns", "u", 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, pod("p1", "web"));
+        s.update_pod("p1", "notready", "{\"x\":1}").await.unwrap();
+        let got = s.pod("p1").await.unwrap().unwrap();
+        assert_eq!(
+            (got.state.as_str(), got.backend_state.as_str()),
+            ("notready", "{\"x\":1}")
+        );
+        assert_eq!(
+            s.pod_ids_with_prefix("p").await.unwrap(),
+            vec!["p1".to_string()]
+        );
+        assert_eq!(s.list_pods().await.unwrap().len(), 1);
+        assert!(s.delete_pod("p1").await.unwrap());
+        assert!(!s.delete_pod("p1").await.unwrap());
     }
 
     #[tokio::test]

@@ -20,6 +20,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "unicri-sandbox",
             "unicri-storage",
             "unicri-image",
+            "unicri-network-cni",
+            "unicri-runtime-linux",
         ]),
     );
     m

@@ -109,15 +109,20 @@ async fn unimplemented_calls_and_bad_input_get_clear_statuses() -> Result<()> {
     let d = Daemon::start(DaemonOpts::default()).await?;
     let mut rt = d.runtime();
     let err = rt
-        .run_pod_sandbox(v1::RunPodSandboxRequest::default())
+        .create_container(v1::CreateContainerRequest::default())
         .await
-        .expect_err("RunPodSandbox is not implemented yet");
+        .expect_err("CreateContainer is not implemented yet");
     ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
     ensure!(
         err.message().contains("not implemented yet"),
         "{}",
         err.message()
     );
+    let err = rt
+        .run_pod_sandbox(v1::RunPodSandboxRequest::default())
+        .await
+        .expect_err("a pod needs a config");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
     let err = rt
         .list_containers(v1::ListContainersRequest::default())
         .await

@@ -11,21 +11,28 @@ pub(crate) async fn status(
     cri: &Cri,
     req: v1::StatusRequest,
 ) -> Result<v1::StatusResponse, CriError> {
-    // No runtime backend exists yet: the daemon serves images, but cannot run a pod. Saying
-    // RuntimeReady=true would make kubelet schedule pods onto a node that cannot run them.
+    // Pod sandboxes run, but containers cannot yet: saying RuntimeReady=true would make kubelet
+    // schedule pods onto a node that cannot run them.
     let runtime = v1::RuntimeCondition {
         r#type: "RuntimeReady".to_string(),
         status: false,
         reason: "NoRuntimeBackend".to_string(),
-        message: "unicri serves images; no runtime backend (linux, vm, wasm) is implemented yet"
+        message: "unicri serves images and pod sandboxes; containers are not implemented yet"
             .to_string(),
     };
-    let network = v1::RuntimeCondition {
-        r#type: "NetworkReady".to_string(),
-        status: false,
-        reason: "NetworkPluginNotReady".to_string(),
-        message: "cni: pod networking is not implemented yet (arrives with the linux pods issue)"
-            .to_string(),
+    let network = match cri.pods.network_status() {
+        Ok(()) => v1::RuntimeCondition {
+            r#type: "NetworkReady".to_string(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err(why) => v1::RuntimeCondition {
+            r#type: "NetworkReady".to_string(),
+            status: false,
+            reason: why.reason,
+            message: why.message,
+        },
     };
     let mut info = HashMap::new();
     if req.verbose {

@@ -1,0 +1,556 @@
+//! Pod sandboxes of the `linux` backend, without a pause container or any process: the pod's
+//! IPC/UTS namespaces, files, /dev/shm and cgroup come from `unicri-runtime-linux`, its network
+//! namespace and CNI attachment from `unicri-network-cni`, its record from SQLite.
+//!
+//! Every mutation of pods is serialized by one lock (simple and correct; per-pod locking can
+//! come with the benchmarks of the linux pods issue). A failed `run` rolls back everything it
+//! made, the row included, so kubelet's retry of the same pod never finds its name taken.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use unicri_network_cni::{Cni, CniOptions, NetNs, NotReadyReason, PodNetwork, PodNetworkStatus};
+use unicri_proto::v1;
+use unicri_runtime_linux::{LinuxPod, PodState};
+use unicri_sandbox::ErrorKind;
+use unicri_sandbox::pod::{
+    DnsSpec, NamespaceMode, PidMode, PodNamespaces, PodSpec, PortMapping, Protocol,
+};
+use unicri_storage::{PodRow, Store};
+
+use crate::config::{Backend, Config};
+use crate::error::CriError;
+
+/// Stored `state` of a pod whose sandbox is up.
+pub const READY: &str = "ready";
+/// Stored `state` of a stopped pod.
+pub const NOT_READY: &str = "notready";
+
+/// What the daemon keeps about a pod besides its CRI config (the row's `backend_state`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PodBackendState {
+    /// The linux backend's state (pins, shm, files, cgroup).
+    pub linux: Option<PodState>,
+    /// The pinned network namespace (absent for host-network pods and after stop).
+    pub netns: Option<PathBuf>,
+    /// Pod IPs, primary first.
+    pub ips: Vec<String>,
+    /// The pod's cgroup path.
+    pub cgroup_parent: String,
+}
+
+/// A stored pod with its decoded config and state.
+#[derive(Clone, Debug)]
+pub struct StoredPod {
+    /// The row.
+    pub row: PodRow,
+    /// The CRI config it was created with.
+    pub config: v1::PodSandboxConfig,
+    /// Backend state.
+    pub state: PodBackendState,
+}
+
+/// Pod orchestration.
+pub struct Pods {
+    store: Store,
+    cni: Cni,
+    config: Arc<Config>,
+    pods_dir: PathBuf,
+    netns_dir: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
+    CriError::new(ErrorKind::Internal, format!("{what}: {e}"))
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn mode(m: i32) -> NamespaceMode {
+    if m == v1::NamespaceMode::Node as i32 {
+        NamespaceMode::Node
+    } else {
+        NamespaceMode::Pod
+    }
+}
+
+/// Maps a CRI pod config to the backend-neutral [`PodSpec`].
+pub fn pod_spec(id: &str, c: &v1::PodSandboxConfig) -> Result<PodSpec, CriError> {
+    let md = c.metadata.clone().unwrap_or_default();
+    if md.name.is_empty() || md.namespace.is_empty() || md.uid.is_empty() {
+        return Err(CriError::invalid(
+            "pod sandbox metadata needs name, namespace and uid",
+        ));
+    }
+    let linux = c.linux.clone().unwrap_or_default();
+    let ns = linux
+        .security_context
+        .and_then(|s| s.namespace_options)
+        .unwrap_or_default();
+    let pid = match v1::NamespaceMode::try_from(ns.pid).unwrap_or(v1::NamespaceMode::Container) {
+        v1::NamespaceMode::Pod => PidMode::Pod,
+        v1::NamespaceMode::Node => PidMode::Node,
+        v1::NamespaceMode::Target => PidMode::Target(ns.target_id.clone()),
+        v1::NamespaceMode::Container => PidMode::Container,
+    };
+    let dns = c.dns_config.clone().unwrap_or_default();
+    let mut port_mappings = vec![];
+    for p in &c.port_mappings {
+        let (Ok(container_port), Ok(host_port)) =
+            (u16::try_from(p.container_port), u16::try_from(p.host_port))
+        else {
+            return Err(CriError::invalid(format!(
+                "port mapping {}:{} out of range",
+                p.host_port, p.container_port
+            )));
+        };
+        let protocol = match v1::Protocol::try_from(p.protocol).unwrap_or(v1::Protocol::Tcp) {
+            v1::Protocol::Tcp => Protocol::Tcp,
+            v1::Protocol::Udp => Protocol::Udp,
+            v1::Protocol::Sctp => Protocol::Sctp,
+        };
+        port_mappings.push(PortMapping {
+            protocol,
+            container_port,
+            host_port,
+            host_ip: p.host_ip.clone(),
+        });
+    }
+    Ok(PodSpec {
+        id: id.to_string(),
+        name: md.name,
+        namespace: md.namespace,
+        uid: md.uid,
+        attempt: md.attempt,
+        hostname: c.hostname.clone(),
+        log_directory: c.log_directory.clone(),
+        dns: DnsSpec {
+            servers: dns.servers,
+            searches: dns.searches,
+            options: dns.options,
+        },
+        port_mappings,
+        cgroup_parent: linux.cgroup_parent,
+        sysctls: linux.sysctls.into_iter().collect(),
+        namespaces: PodNamespaces {
+            network: mode(ns.network),
+            ipc: mode(ns.ipc),
+            pid,
+        },
+        shm_size: None,
+        labels: c.labels.clone().into_iter().collect(),
+        annotations: c.annotations.clone().into_iter().collect(),
+    })
+}
+
+fn pod_network(spec: &PodSpec, netns: &Path) -> PodNetwork {
+    PodNetwork {
+        sandbox_id: spec.id.clone(),
+        netns: netns.to_path_buf(),
+        pod_namespace: spec.namespace.clone(),
+        pod_name: spec.name.clone(),
+        pod_uid: spec.uid.clone(),
+        port_mappings: spec
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| unicri_network_cni::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: format!("{:?}", p.protocol).to_lowercase(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        bandwidth: None,
+        dns: (!spec.dns.is_empty()).then(|| unicri_network_cni::Dns {
+            servers: spec.dns.servers.clone(),
+            searches: spec.dns.searches.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+impl Pods {
+    /// Pod orchestration over the configured CNI directories and the state dir.
+    pub fn new(config: Arc<Config>, store: Store) -> Self {
+        let cni = Cni::new(CniOptions::new(
+            config.cni.conf_dir.clone(),
+            config.cni.bin_dirs.clone(),
+            config.state.join("cni-cache"),
+        ));
+        Self {
+            store,
+            cni,
+            pods_dir: config.state.join("pods"),
+            netns_dir: config.state.join("netns"),
+            config,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether pod networking can work (CRI `NetworkReady`).
+    pub fn network_status(&self) -> Result<(), NotReadyReason> {
+        self.cni.status()
+    }
+
+    fn decode(row: PodRow) -> Result<StoredPod, CriError> {
+        let config = v1::PodSandboxConfig::decode(row.config.as_slice())
+            .map_err(|e| internal(&format!("decode stored config of pod {}", row.id), e))?;
+        let state: PodBackendState = serde_json::from_str(&row.backend_state)
+            .map_err(|e| internal(&format!("decode stored state of pod {}", row.id), e))?;
+        Ok(StoredPod { row, config, state })
+    }
+
+    /// The pod `id` (full or a unique prefix) names, if any.
+    pub async fn resolve(&self, id: &str) -> Result<Option<StoredPod>, CriError> {
+        if id.is_empty() {
+            return Err(CriError::invalid("pod sandbox id is empty"));
+        }
+        if let Some(row) = self.store.pod(id).await? {
+            return Self::decode(row).map(Some);
+        }
+        if !unicri_sandbox::id::is_id_prefix(id) {
+            return Ok(None);
+        }
+        match self.store.pod_ids_with_prefix(id).await?.as_slice() {
+            [one] => self.store.pod(one).await?.map(Self::decode).transpose(),
+            [] => Ok(None),
+            many => Err(CriError::invalid(format!(
+                "pod id prefix {id:?} is ambiguous ({} pods)",
+                many.len()
+            ))),
+        }
+    }
+
+    /// Every pod.
+    pub async fn list(&self) -> Result<Vec<StoredPod>, CriError> {
+        self.store
+            .list_pods()
+            .await?
+            .into_iter()
+            .map(Self::decode)
+            .collect()
+    }
+
+    /// `RunPodSandbox`: returns the new pod's id.
+    pub async fn run(
+        &self,
+        config: v1::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, CriError> {
+        match self.config.backend_for(handler) {
+            None => {
+                return Err(CriError::not_found(format!(
+                    "runtime handler {handler:?} is not configured"
+                )));
+            }
+            Some(Backend::Linux) => {}
+            Some(b) => {
+                return Err(CriError::unimplemented(
+                    &format!("RunPodSandbox with a {b:?} handler"),
+                    "arrives with the vm and wasm issues",
+                ));
+            }
+        }
+        let id = unicri_sandbox::id::new_id();
+        let spec = pod_spec(&id, &config)?;
+        let _g = self.lock.lock().await;
+        if let Some(existing) = self
+            .store
+            .pod_by_identity(&spec.name, &spec.namespace, &spec.uid, spec.attempt)
+            .await?
+        {
+            return Err(CriError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) already exists as {}",
+                    spec.namespace, spec.name, spec.uid, spec.attempt, existing.id
+                ),
+            ));
+        }
+        let pod_dir = self.pods_dir.join(&id);
+        let payload = serde_json::json!({ "pod_dir": pod_dir, "netns": self.netns_dir.join(&id) })
+            .to_string();
+        let op = self
+            .store
+            .journal_begin("run_pod_sandbox", &id, &payload)
+            .await?;
+        let mut state = PodBackendState {
+            cgroup_parent: spec.cgroup_parent.clone(),
+            ..Default::default()
+        };
+        let result = self
+            .build(&spec, &pod_dir, &mut state, &config, handler)
+            .await;
+        if let Err(e) = &result {
+            tracing::info!(pod_id = %id, error = %e.message, "run pod sandbox failed; rolling back");
+            if let Err(cleanup) = self.teardown(&spec, &state, true).await {
+                tracing::error!(pod_id = %id, error = %cleanup.message, "rollback of a failed pod left something behind");
+            }
+        }
+        self.store.journal_finish(op).await?;
+        result.map(|()| id)
+    }
+
+    async fn build(
+        &self,
+        spec: &PodSpec,
+        pod_dir: &Path,
+        state: &mut PodBackendState,
+        config: &v1::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<(), CriError> {
+        let (dir, s) = (pod_dir.to_path_buf(), spec.clone());
+        let linux = tokio::task::spawn_blocking(move || LinuxPod::create(&dir, &s))
+            .await
+            .map_err(|e| internal("create pod", e))?
+            .map_err(|e| CriError::from_classified("create pod sandbox", &e))?;
+        state.linux = Some(linux.clone());
+        if spec.namespaces.network == NamespaceMode::Pod {
+            let pin = self.netns_dir.join(&spec.id);
+            let p = pin.clone();
+            tokio::task::spawn_blocking(move || NetNs::create(&p))
+                .await
+                .map_err(|e| internal("create netns", e))?
+                .map_err(|e| CriError::from_classified("create pod network namespace", &e))?;
+            state.netns = Some(pin.clone());
+            let (p, s) = (pin.clone(), spec.clone());
+            tokio::task::spawn_blocking(move || {
+                unicri_runtime_linux::sysctl::apply_net_sysctls(&p, &s)
+            })
+            .await
+            .map_err(|e| internal("apply sysctls", e))?
+            .map_err(|e| CriError::from_classified("apply pod sysctls", &e))?;
+            let net: PodNetworkStatus = self
+                .cni
+                .setup_pod(&pod_network(spec, &pin))
+                .await
+                .map_err(|e| CriError::from_classified("set up pod network", &e))?;
+            state.ips = net
+                .primary_ip()
+                .into_iter()
+                .chain(net.additional_ips())
+                .map(|ip| ip.to_string())
+                .collect();
+            if let (Some(ip), Some(hosts)) = (net.primary_ip(), linux.hosts_file.clone()) {
+                let hostname = linux.hostname.clone();
+                tokio::task::spawn_blocking(move || {
+                    unicri_runtime_linux::files::add_pod_ip(&hosts, ip, &hostname)
+                })
+                .await
+                .map_err(|e| internal("write hosts", e))?
+                .map_err(|e| CriError::from_classified("write pod hosts file", &e))?;
+            }
+        }
+        let backend_state =
+            serde_json::to_string(&*state).map_err(|e| internal("encode pod state", e))?;
+        let row = PodRow {
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            uid: spec.uid.clone(),
+            attempt: spec.attempt,
+            handler: handler.to_string(),
+            state: READY.to_string(),
+            created_at: now_nanos(),
+            config: config.encode_to_vec(),
+            backend_state,
+        };
+        if !self.store.insert_pod(&row).await? {
+            return Err(CriError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "pod sandbox {}/{} already exists",
+                    spec.namespace, spec.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tears down the network (and with `all`, the namespaces, files, shm and cgroup). Idempotent.
+    async fn teardown(
+        &self,
+        spec: &PodSpec,
+        state: &PodBackendState,
+        all: bool,
+    ) -> Result<(), CriError> {
+        let mut first_err: Option<CriError> = None;
+        if let Some(pin) = &state.netns {
+            if let Err(e) = self.cni.teardown_pod(&pod_network(spec, pin)).await {
+                first_err.get_or_insert(CriError::from_classified("tear down pod network", &e));
+            }
+            let p = pin.clone();
+            match tokio::task::spawn_blocking(move || NetNs::remove(&p)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(CriError::from_classified(
+                        "remove pod network namespace",
+                        &e,
+                    ));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(internal("remove netns", e));
+                }
+            }
+        }
+        if all && let Some(linux) = state.linux.clone() {
+            match tokio::task::spawn_blocking(move || LinuxPod::remove(&linux)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(CriError::from_classified("remove pod sandbox", &e));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(internal("remove pod", e));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// At shutdown: when no pod is left, unmounts the self bind mounts that make the pin
+    /// directories shared (they must stay while any pod's pins live under them).
+    pub async fn release_if_idle(&self) {
+        match self.store.list_pods().await {
+            Ok(pods) if pods.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list pods at shutdown; pin dirs stay mounted");
+                return;
+            }
+        }
+        // The default parent of pods without a cgroup parent (`/unicri`), in every hierarchy;
+        // rmdir only succeeds on an empty cgroup.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join("unicri"));
+            }
+        }
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/unicri");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for dir in [&self.pods_dir, &self.netns_dir] {
+            let Ok(dir) = std::fs::canonicalize(dir) else {
+                continue;
+            };
+            let Some(dir_str) = dir.to_str() else {
+                continue;
+            };
+            let mounted = mountinfo
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(dir_str));
+            if mounted && let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(dir = %dir.display(), error = %e, "unmount idle pin dir");
+            }
+        }
+    }
+
+    /// `StopPodSandbox`: releases the network; an unknown pod is not an error.
+    pub async fn stop(&self, id: &str) -> Result<(), CriError> {
+        let _g = self.lock.lock().await;
+        let Some(pod) = self.resolve(id).await? else {
+            return Ok(());
+        };
+        let spec = pod_spec(&pod.row.id, &pod.config)?;
+        self.teardown(&spec, &pod.state, false).await?;
+        let state = PodBackendState {
+            netns: None,
+            ..pod.state
+        };
+        let json = serde_json::to_string(&state).map_err(|e| internal("encode pod state", e))?;
+        self.store.update_pod(&pod.row.id, NOT_READY, &json).await?;
+        Ok(())
+    }
+
+    /// `RemovePodSandbox`: stops the pod if needed and removes everything; idempotent.
+    pub async fn remove(&self, id: &str) -> Result<(), CriError> {
+        let _g = self.lock.lock().await;
+        let Some(pod) = self.resolve(id).await? else {
+            return Ok(());
+        };
+        let spec = pod_spec(&pod.row.id, &pod.config)?;
+        self.teardown(&spec, &pod.state, true).await?;
+        self.store.delete_pod(&pod.row.id).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> v1::PodSandboxConfig {
+        v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "ns".into(),
+                attempt: 2,
+            }),
+            hostname: "web-0".into(),
+            port_mappings: vec![v1::PortMapping {
+                protocol: v1::Protocol::Udp as i32,
+                container_port: 53,
+                host_port: 5353,
+                host_ip: String::new(),
+            }],
+            linux: Some(v1::LinuxPodSandboxConfig {
+                cgroup_parent: "/kubepods/podu1".into(),
+                security_context: Some(v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(v1::NamespaceOption {
+                        network: v1::NamespaceMode::Node as i32,
+                        pid: v1::NamespaceMode::Pod as i32,
+                        ipc: v1::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cri_config_maps_to_pod_spec() {
+        let s = pod_spec("id1", &config()).unwrap();
+        assert_eq!(
+            (
+                s.name.as_str(),
+                s.namespace.as_str(),
+                s.uid.as_str(),
+                s.attempt
+            ),
+            ("web", "ns", "u1", 2)
+        );
+        assert_eq!(s.namespaces.network, NamespaceMode::Node);
+        assert_eq!(s.namespaces.ipc, NamespaceMode::Pod);
+        assert_eq!(s.namespaces.pid, PidMode::Pod);
+        assert_eq!(s.cgroup_parent, "/kubepods/podu1");
+        assert_eq!(s.port_mappings[0].protocol, Protocol::Udp);
+        assert_eq!(s.port_mappings[0].host_port, 5353);
+    }
+
+    #[test]
+    fn metadata_is_required_and_ports_checked() {
+        let mut c = config();
+        c.metadata = None;
+        assert_eq!(
+            pod_spec("x", &c).unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+        let mut c = config();
+        c.port_mappings[0].host_port = 70000;
+        assert_eq!(
+            pod_spec("x", &c).unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+    }
+}
