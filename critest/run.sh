@@ -61,6 +61,9 @@ UNICRI_PID=""
 cleanup() {
     local rc=$?
     if [[ -n "$UNICRI_PID" ]] && kill -0 "$UNICRI_PID" 2>/dev/null; then
+        # Pods outlive the daemon by design: remove whatever critest left (failed specs skip their
+        # clean-up) before stopping it, as a kubelet drain would.
+        "$UNICRI_BIN" --address "$SOCK" rmp --all >/dev/null 2>&1 || echo "critest/run.sh: removing leftover pods failed" >&2
         kill -TERM "$UNICRI_PID" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$UNICRI_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$UNICRI_PID" 2>/dev/null || true

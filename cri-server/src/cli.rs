@@ -376,6 +376,69 @@ pub async fn import(ch: Channel, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `unicri pods`
+pub async fn pods(ch: Channel, quiet: bool) -> anyhow::Result<()> {
+    let items = RuntimeServiceClient::new(ch)
+        .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+        .await
+        .map_err(|s| status_err("list pods", s))?
+        .into_inner()
+        .items;
+    if quiet {
+        for p in items {
+            println!("{}", p.id);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:13}   {:8}   {:30}   {:15}   HANDLER",
+        "POD ID", "STATE", "NAME", "NAMESPACE"
+    );
+    for p in items {
+        let md = p.metadata.unwrap_or_default();
+        let state = if p.state == v1::PodSandboxState::SandboxReady as i32 {
+            "Ready"
+        } else {
+            "NotReady"
+        };
+        let short: String = p.id.chars().take(13).collect();
+        println!(
+            "{short:13}   {state:8}   {:30}   {:15}   {}",
+            md.name, md.namespace, p.runtime_handler
+        );
+    }
+    Ok(())
+}
+
+/// `unicri rmp`: stop and remove pods (all of them with `--all`).
+pub async fn rmp(ch: Channel, ids: &[String], all: bool) -> anyhow::Result<()> {
+    let mut rt = RuntimeServiceClient::new(ch);
+    let mut ids = ids.to_vec();
+    if all {
+        let items = rt
+            .list_pod_sandbox(v1::ListPodSandboxRequest { filter: None })
+            .await
+            .map_err(|s| status_err("list pods", s))?
+            .into_inner()
+            .items;
+        ids.extend(items.into_iter().map(|p| p.id));
+    }
+    for id in ids {
+        rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .map_err(|s| status_err("stop pod", s))?;
+        rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .map_err(|s| status_err("remove pod", s))?;
+        println!("Removed sandbox {id}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

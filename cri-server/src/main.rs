@@ -89,6 +89,20 @@ enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// List pod sandboxes.
+    Pods {
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Stop and remove pod sandboxes.
+    Rmp {
+        /// Pod ids (or unique prefixes).
+        ids: Vec<String>,
+        /// Every pod.
+        #[arg(short, long)]
+        all: bool,
+    },
     /// Image subcommands.
     Image {
         #[command(subcommand)]
@@ -150,6 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image {
             command: ImageCommand::Import { path },
         } => cli::import(ch, &path).await,
+        Command::Pods { quiet } => cli::pods(ch, quiet).await,
+        Command::Rmp { ids, all } => cli::rmp(ch, &ids, all).await,
     }
 }
 
