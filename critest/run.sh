@@ -177,7 +177,9 @@ CRITEST_RC=${PIPESTATUS[0]}
 set -e
 
 # ginkgo v2 summary: "FAIL! -- 88 Passed | 3 Failed | 0 Pending | 31 Skipped"
-SUMMARY="$(grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' "$TMP/critest.log" | tail -1)"
+# (ginkgo colours its output: strip the escapes first; no match must not end the script)
+sed 's/\x1b\[[0-9;]*m//g' "$TMP/critest.log" >"$TMP/critest.plain.log"
+SUMMARY="$(grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' "$TMP/critest.plain.log" | tail -1 || true)"
 if [[ -z "$SUMMARY" ]]; then
     echo "critest/run.sh: no ginkgo summary found (critest exit $CRITEST_RC)" >&2
     echo "0 passed, 1 failed"
@@ -186,7 +188,7 @@ fi
 PASSED="$(sed -E 's/^([0-9]+) Passed.*/\1/' <<<"$SUMMARY")"
 FAILED="$(sed -E 's/.*\| ([0-9]+) Failed.*/\1/' <<<"$SUMMARY")"
 SKIPPED="$(sed -E 's/.*\| ([0-9]+) Skipped.*/\1/' <<<"$SUMMARY")"
-grep -E '^\s*\[FAIL\]' "$TMP/critest.log" | sort -u || true
+grep -E '^\s*\[FAIL\]' "$TMP/critest.plain.log" | sort -u || true
 echo "($SKIPPED skipped; critest exit $CRITEST_RC)"
 echo "$PASSED passed, $FAILED failed"
 if [[ "$FAILED" != 0 || $CRITEST_RC != 0 ]]; then
