@@ -16,7 +16,7 @@ pub(crate) async fn status(
     let runtime = v1::RuntimeCondition {
         r#type: "RuntimeReady".to_string(),
         status: false,
-        reason: "NoRuntimeBackend".to_string(),
+        reason: "ContainersNotSupportedYet".to_string(),
         message: "unicri serves images and pod sandboxes; containers are not implemented yet"
             .to_string(),
     };
