@@ -242,14 +242,14 @@ pub(crate) async fn complete(
             };
             ensure_layer_blob(inner, source, &l.digest, l.size, live)
         });
-    futures::future::try_join_all(downloads).await?;
+    settle_all(downloads).await?;
 
     let unpacks = man
         .layers
         .iter()
         .zip(cfg.diff_ids.iter().zip(chains.iter()))
         .map(|(l, (diff, chain))| ensure_snapshot(inner, &l.digest, diff, chain));
-    futures::future::try_join_all(unpacks).await?;
+    settle_all(unpacks).await?;
 
     let layers: Vec<LayerRecord> = man
         .layers
@@ -274,6 +274,16 @@ pub(crate) async fn complete(
         user: cfg.user,
         config_json,
     })
+}
+
+/// Runs every future to completion and then returns the first error, if any. Unlike
+/// `try_join_all` it never returns while sibling layer work is still writing: when a pull reports
+/// a failure, nothing of it lands in the store afterwards, so the caller's clean-up sees it all.
+async fn settle_all<F>(futs: impl IntoIterator<Item = F>) -> Result<(), ImageError>
+where
+    F: std::future::Future<Output = Result<(), ImageError>>,
+{
+    futures::future::join_all(futs).await.into_iter().collect()
 }
 
 /// The snapshot a layer download also unpacks into.
