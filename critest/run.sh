@@ -69,6 +69,13 @@ cleanup() {
         kill -KILL "$UNICRI_PID" 2>/dev/null || true
         wait "$UNICRI_PID" 2>/dev/null || true
     fi
+    # critest's mount-propagation specs mount /tmp/test<hex>/mnt on the host and leak them when a
+    # spec fails before its AfterEach; remove the ones that appeared during this run.
+    for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E '^/tmp/test[0-9a-f]+/mnt$' || true); do
+        grep -qxF "$m" "$TMP/mounts.before" 2>/dev/null && continue
+        umount -l "$m" 2>/dev/null || true
+        rm -rf "$(dirname "$m")"
+    done
     if [[ -n "${CNI_BRIDGE:-}" ]]; then
         ip link del "$CNI_BRIDGE" 2>/dev/null || true
     fi
@@ -90,6 +97,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+awk '{print $5}' /proc/self/mountinfo >"$TMP/mounts.before"
 
 # --- registry ---------------------------------------------------------------------------------
 PORT="$("$TESTIMAGES" --free-port)"

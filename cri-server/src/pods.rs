@@ -435,19 +435,9 @@ impl Pods {
             }
         }
         let _ = std::fs::remove_dir("/sys/fs/cgroup/unicri");
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         for dir in [&self.pods_dir, &self.netns_dir] {
-            let Ok(dir) = std::fs::canonicalize(dir) else {
-                continue;
-            };
-            let Some(dir_str) = dir.to_str() else {
-                continue;
-            };
-            let mounted = mountinfo
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(dir_str));
-            if mounted && let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(dir = %dir.display(), error = %e, "unmount idle pin dir");
+            if let Err(e) = unicri_mounts::unmount_if_mount_point(dir) {
+                tracing::warn!(dir = %dir.display(), op = e.op, error = %e.source, "unmount idle pin dir");
             }
         }
     }

@@ -17,12 +17,10 @@
 //! in peer mount namespaces too, which is what CNI daemons that mount the netns directory with
 //! `HostToContainer` propagation expect.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -30,10 +28,6 @@ use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::statfs::{NSFS_MAGIC, fstatfs, statfs};
 
 use crate::error::CniError;
-
-/// Pin directories prepared by this process; `true` when we bind-mounted the directory onto
-/// itself (so [`release_pin_dir`] may undo it).
-static PREPARED: Mutex<BTreeMap<PathBuf, bool>> = Mutex::new(BTreeMap::new());
 
 /// An open handle on a pinned network namespace.
 #[derive(Debug)]
@@ -218,64 +212,21 @@ pub fn is_pinned(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
 }
 
-/// Creates `dir` and makes it a shared mount point (bind onto itself first when it is not a
-/// mount point). Done once per directory per process; [`NetNs::create`] calls it.
+/// Creates `dir` and makes it a shared mount point (see `unicri-mounts` for why).
 pub fn prepare_pin_dir(dir: &Path) -> Result<(), CniError> {
-    let err = |op: &'static str| {
-        move |source: std::io::Error| CniError::PreparePinDir {
-            dir: dir.to_path_buf(),
-            op,
-            source,
-        }
-    };
-    std::fs::create_dir_all(dir).map_err(err("create"))?;
-    let dir = std::fs::canonicalize(dir).map_err(err("canonicalize"))?;
-    let mut prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner());
-    if prepared.contains_key(&dir) {
-        return Ok(());
-    }
-    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    let mut bound = false;
-    match mount(None::<&str>, &dir, None::<&str>, shared, None::<&str>) {
-        Ok(()) => {}
-        Err(Errno::EINVAL) => {
-            // not a mount point yet: bind it onto itself (MS_REC carries existing pins over)
-            mount(
-                Some(&dir),
-                &dir,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| err("bind onto itself")(e.into()))?;
-            bound = true;
-            mount(None::<&str>, &dir, None::<&str>, shared, None::<&str>)
-                .map_err(|e| err("make rshared")(e.into()))?;
-        }
-        Err(e) => return Err(err("make rshared")(e.into())),
-    }
-    prepared.insert(dir, bound);
-    Ok(())
+    unicri_mounts::prepare_shared_dir(dir).map_err(|e| CniError::PreparePinDir {
+        dir: dir.to_path_buf(),
+        op: e.op,
+        source: e.source,
+    })
 }
 
 /// Undoes [`prepare_pin_dir`]'s self bind mount of `dir` (lazily; pins inside go with it). For
 /// tests and tooling; the daemon keeps its directory prepared.
 pub fn release_pin_dir(dir: &Path) -> Result<(), CniError> {
-    let Ok(dir) = std::fs::canonicalize(dir) else {
-        return Ok(());
-    };
-    let mut prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner());
-    if prepared.remove(&dir) == Some(true) {
-        match umount2(&dir, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
-            Err(e) => {
-                return Err(CniError::PreparePinDir {
-                    dir,
-                    op: "umount",
-                    source: e.into(),
-                });
-            }
-        }
-    }
-    Ok(())
+    unicri_mounts::release_shared_dir(dir).map_err(|e| CniError::PreparePinDir {
+        dir: dir.to_path_buf(),
+        op: e.op,
+        source: e.source,
+    })
 }

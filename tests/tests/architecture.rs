@@ -9,10 +9,17 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     let mut m = BTreeMap::new();
     m.insert("unicri-proto", BTreeSet::new());
     m.insert("unicri-sandbox", BTreeSet::new());
+    m.insert("unicri-mounts", BTreeSet::new());
     m.insert("unicri-storage", BTreeSet::from(["unicri-sandbox"]));
     m.insert("unicri-image", BTreeSet::from(["unicri-sandbox"]));
-    m.insert("unicri-network-cni", BTreeSet::from(["unicri-sandbox"]));
-    m.insert("unicri-runtime-linux", BTreeSet::from(["unicri-sandbox"]));
+    m.insert(
+        "unicri-network-cni",
+        BTreeSet::from(["unicri-sandbox", "unicri-mounts"]),
+    );
+    m.insert(
+        "unicri-runtime-linux",
+        BTreeSet::from(["unicri-sandbox", "unicri-mounts"]),
+    );
     m.insert(
         "unicri-cri-server",
         BTreeSet::from([
@@ -22,6 +29,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "unicri-image",
             "unicri-network-cni",
             "unicri-runtime-linux",
+            "unicri-mounts",
         ]),
     );
     m

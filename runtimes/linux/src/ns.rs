@@ -14,11 +14,9 @@
 //! keep copies of the pins and of the shm tmpfs; with shared propagation our unmount reaches those
 //! copies, with private propagation the namespaces would outlive `remove`.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -27,9 +25,6 @@ use nix::sys::statfs::{NSFS_MAGIC, statfs};
 
 use crate::error::LinuxError;
 use crate::sysctl::{self, Sysctl};
-
-/// Directories prepared by this process; `true` when we bind-mounted it onto itself.
-static PREPARED: Mutex<BTreeMap<PathBuf, bool>> = Mutex::new(BTreeMap::new());
 
 /// A namespace kind this crate pins or enters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,64 +222,23 @@ where
     })
 }
 
-/// Creates `dir` and makes it a shared mount point (bind onto itself first when it is not one).
-/// Done once per directory per process; `LinuxPod::create` calls it for the pod dir's parent.
+/// Creates `dir` and makes it a shared mount point (see `unicri-mounts` for why). Done once per
+/// directory per process; `LinuxPod::create` calls it for the pod dir's parent.
 pub fn prepare_pods_dir(dir: &Path) -> Result<(), LinuxError> {
-    let err = |op: &'static str| {
-        move |source: std::io::Error| LinuxError::PreparePodsDir {
-            dir: dir.to_path_buf(),
-            op,
-            source,
-        }
-    };
-    std::fs::create_dir_all(dir).map_err(err("create"))?;
-    let dir = std::fs::canonicalize(dir).map_err(err("canonicalize"))?;
-    let mut prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner());
-    if prepared.contains_key(&dir) {
-        return Ok(());
-    }
-    let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
-    let mut bound = false;
-    match mount(None::<&str>, &dir, None::<&str>, shared, None::<&str>) {
-        Ok(()) => {}
-        Err(Errno::EINVAL) => {
-            mount(
-                Some(&dir),
-                &dir,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| err("bind onto itself")(e.into()))?;
-            bound = true;
-            mount(None::<&str>, &dir, None::<&str>, shared, None::<&str>)
-                .map_err(|e| err("make rshared")(e.into()))?;
-        }
-        Err(e) => return Err(err("make rshared")(e.into())),
-    }
-    prepared.insert(dir, bound);
-    Ok(())
+    unicri_mounts::prepare_shared_dir(dir).map_err(|e| LinuxError::PreparePodsDir {
+        dir: dir.to_path_buf(),
+        op: e.op,
+        source: e.source,
+    })
 }
 
 /// Undoes [`prepare_pods_dir`]'s self bind mount (lazily). For tests and tooling; the daemon keeps
 /// its pods directory prepared.
 pub fn release_pods_dir(dir: &Path) -> Result<(), LinuxError> {
-    let Ok(dir) = std::fs::canonicalize(dir) else {
-        return Ok(());
-    };
-    let mut prepared = PREPARED.lock().unwrap_or_else(|p| p.into_inner());
-    if prepared.remove(&dir) == Some(true) {
-        match umount2(&dir, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
-            Err(e) => {
-                return Err(LinuxError::Unmount {
-                    path: dir,
-                    source: e.into(),
-                });
-            }
-        }
-    }
-    Ok(())
+    unicri_mounts::release_shared_dir(dir).map_err(|e| LinuxError::Unmount {
+        path: dir.to_path_buf(),
+        source: e.source,
+    })
 }
 
 fn pin_err(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LinuxError {
