@@ -227,19 +227,24 @@ impl RegistryClient {
         }
         let mut authed_once = false;
         loop {
-            let mut req = client.get(url.clone());
-            if small {
-                req = req.timeout(SMALL_REQUEST_TIMEOUT);
-            }
-            for (k, v) in &ep.headers {
-                req = req.header(k.as_str(), v.as_str());
-            }
-            if let Some(a) = accept {
-                req = req.header(header::ACCEPT, a);
-            }
-            if let Some(a) = &authz {
-                req = req.header(header::AUTHORIZATION, a.as_str());
-            }
+            // The endpoint's headers, Accept and Authorization on a GET of `url`.
+            let build = |url: &reqwest::Url, timeout: bool| {
+                let mut req = client.get(url.clone());
+                if timeout {
+                    req = req.timeout(SMALL_REQUEST_TIMEOUT);
+                }
+                for (k, v) in &ep.headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                if let Some(a) = accept {
+                    req = req.header(header::ACCEPT, a);
+                }
+                if let Some(a) = &authz {
+                    req = req.header(header::AUTHORIZATION, a.as_str());
+                }
+                req
+            };
+            let req = build(&url, small);
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -252,17 +257,7 @@ impl RegistryClient {
                         lock(&self.plain_http).insert(ep.api_root.clone());
                         let _ = url.set_scheme("http");
                         // one retry over http (a second failure is reported)
-                        let mut req = client.get(url.clone());
-                        for (k, v) in &ep.headers {
-                            req = req.header(k.as_str(), v.as_str());
-                        }
-                        if let Some(a) = accept {
-                            req = req.header(header::ACCEPT, a);
-                        }
-                        if let Some(a) = &authz {
-                            req = req.header(header::AUTHORIZATION, a.as_str());
-                        }
-                        match req.send().await {
+                        match build(&url, false).send().await {
                             Ok(r) => r,
                             Err(e) => return Err(connect_err(&url, &e)),
                         }
