@@ -142,10 +142,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let address = cfg.grpc.address.clone();
     let config = Arc::new(cfg);
     let pods = Arc::new(crate::pods::Pods::new(config.clone(), store.clone()));
+    let exe = std::env::current_exe().context("find the unicri binary")?;
+    let containers = Arc::new(crate::containers::Containers::new(
+        &config.root,
+        &config.state,
+        store.clone(),
+        images.clone(),
+        pods.clone(),
+        exe,
+    ));
     let cri = Arc::new(Cri {
         config,
         images,
         pods,
+        containers,
     });
 
     let listener = bind_socket(&address).await?;

@@ -3,6 +3,8 @@
 mod admin;
 mod cli;
 mod config;
+mod container_spec;
+mod containers;
 mod daemon;
 mod deadline;
 mod error;
@@ -103,6 +105,18 @@ enum Command {
         #[arg(short, long)]
         all: bool,
     },
+    /// Run the node keeper (started by the daemon; parent of every `linux` container).
+    Keeper {
+        /// Keeper directory (socket, records, libcontainer state).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Exit after holding no container for this long (0: never).
+        #[arg(long, default_value_t = 2000)]
+        idle_exit_ms: u64,
+        /// error, warn, info, debug, trace, or a tracing filter.
+        #[arg(long, default_value = "info", env = "UNICRI_LOG")]
+        log_level: String,
+    },
     /// Image subcommands.
     Image {
         #[command(subcommand)]
@@ -154,7 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_ADDRESS));
     let ch = cli::connect(&socket).await?;
     match cli.command {
-        Command::Daemon { .. } => Ok(()),
+        Command::Daemon { .. } | Command::Keeper { .. } => Ok(()),
         Command::Version => cli::version(ch).await,
         Command::Info => cli::info(ch).await,
         Command::Pull { image, creds } => cli::pull(ch, &image, creds.as_deref()).await,
@@ -169,9 +183,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+/// The keeper runs on one thread with its own runtime: libcontainer forks from it.
+fn keeper(dir: PathBuf, idle_exit_ms: u64, log_level: &str) -> anyhow::Result<()> {
+    init_tracing(log_level, LogFormat::Text);
+    let cfg = unicri_runtime_linux::keeper::server::KeeperConfig {
+        dir,
+        idle_exit: (idle_exit_ms > 0).then(|| std::time::Duration::from_millis(idle_exit_ms)),
+    };
+    if !unicri_runtime_linux::keeper::server::run(cfg)? {
+        tracing::info!("another keeper owns this directory; exiting");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keeper {
+            dir,
+            idle_exit_ms,
+            log_level,
+        } => keeper(dir, idle_exit_ms, &log_level),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run(cli))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("unicri: {e:#}");

@@ -67,7 +67,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
     CriError::new(ErrorKind::Internal, format!("{what}: {e}"))
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

@@ -22,12 +22,13 @@ pub struct Cri {
     pub images: Arc<Images>,
     /// Pod sandboxes.
     pub pods: Arc<crate::pods::Pods>,
+    /// Containers.
+    pub containers: Arc<crate::containers::Containers>,
 }
 
 type Resp<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-const PODS_ISSUE: &str = "arrives with the linux pods issue";
 const SURFACE_ISSUE: &str = "arrives with the CRI surface issue";
 
 /// An RPC whose issue has not come yet: `Unimplemented`, saying when it will.
@@ -150,46 +151,82 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     }
     async fn create_container(
         &self,
-        _: Request<v1::CreateContainerRequest>,
+        req: Request<v1::CreateContainerRequest>,
     ) -> Resp<v1::CreateContainerResponse> {
-        not_yet!("CreateContainer", PODS_ISSUE)
+        rpc(
+            "CreateContainer",
+            Level::Mutating,
+            r::create_container::create_container(self, req.into_inner()),
+        )
+        .await
     }
     async fn start_container(
         &self,
-        _: Request<v1::StartContainerRequest>,
+        req: Request<v1::StartContainerRequest>,
     ) -> Resp<v1::StartContainerResponse> {
-        not_yet!("StartContainer", PODS_ISSUE)
+        rpc(
+            "StartContainer",
+            Level::Mutating,
+            r::start_container::start_container(self, req.into_inner()),
+        )
+        .await
     }
     async fn stop_container(
         &self,
-        _: Request<v1::StopContainerRequest>,
+        req: Request<v1::StopContainerRequest>,
     ) -> Resp<v1::StopContainerResponse> {
-        not_yet!("StopContainer", PODS_ISSUE)
+        rpc(
+            "StopContainer",
+            Level::Mutating,
+            r::stop_container::stop_container(self, req.into_inner()),
+        )
+        .await
     }
     async fn remove_container(
         &self,
-        _: Request<v1::RemoveContainerRequest>,
+        req: Request<v1::RemoveContainerRequest>,
     ) -> Resp<v1::RemoveContainerResponse> {
-        not_yet!("RemoveContainer", PODS_ISSUE)
+        rpc(
+            "RemoveContainer",
+            Level::Mutating,
+            r::remove_container::remove_container(self, req.into_inner()),
+        )
+        .await
     }
     async fn list_containers(
         &self,
-        _: Request<v1::ListContainersRequest>,
+        req: Request<v1::ListContainersRequest>,
     ) -> Resp<v1::ListContainersResponse> {
-        not_yet!("ListContainers", PODS_ISSUE)
+        rpc(
+            "ListContainers",
+            Level::Polled,
+            r::list_containers::list_containers(self, req.into_inner()),
+        )
+        .await
     }
     type StreamContainersStream = BoxStream<v1::StreamContainersResponse>;
     async fn stream_containers(
         &self,
-        _: Request<v1::StreamContainersRequest>,
+        req: Request<v1::StreamContainersRequest>,
     ) -> Resp<Self::StreamContainersStream> {
-        not_yet!("StreamContainers", PODS_ISSUE)
+        rpc("StreamContainers", Level::Polled, async {
+            let pages = r::list_containers::stream_containers(self, req.into_inner()).await?;
+            let s: Self::StreamContainersStream =
+                Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
+            Ok(s)
+        })
+        .await
     }
     async fn container_status(
         &self,
-        _: Request<v1::ContainerStatusRequest>,
+        req: Request<v1::ContainerStatusRequest>,
     ) -> Resp<v1::ContainerStatusResponse> {
-        not_yet!("ContainerStatus", PODS_ISSUE)
+        rpc(
+            "ContainerStatus",
+            Level::Polled,
+            r::container_status::container_status(self, req.into_inner()),
+        )
+        .await
     }
     async fn update_container_resources(
         &self,
@@ -199,12 +236,22 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     }
     async fn reopen_container_log(
         &self,
-        _: Request<v1::ReopenContainerLogRequest>,
+        req: Request<v1::ReopenContainerLogRequest>,
     ) -> Resp<v1::ReopenContainerLogResponse> {
-        not_yet!("ReopenContainerLog", PODS_ISSUE)
+        rpc(
+            "ReopenContainerLog",
+            Level::Mutating,
+            r::reopen_container_log::reopen_container_log(self, req.into_inner()),
+        )
+        .await
     }
-    async fn exec_sync(&self, _: Request<v1::ExecSyncRequest>) -> Resp<v1::ExecSyncResponse> {
-        not_yet!("ExecSync", PODS_ISSUE)
+    async fn exec_sync(&self, req: Request<v1::ExecSyncRequest>) -> Resp<v1::ExecSyncResponse> {
+        rpc(
+            "ExecSync",
+            Level::Mutating,
+            r::exec_sync::exec_sync(self, req.into_inner()),
+        )
+        .await
     }
     async fn exec(&self, _: Request<v1::ExecRequest>) -> Resp<v1::ExecResponse> {
         not_yet!("Exec", SURFACE_ISSUE)

@@ -154,3 +154,162 @@ mod tests {
         assert!(!is_mount_point(&d));
     }
 }
+
+/// A container's writable rootfs: an overlay of read-only layer directories with its own upper
+/// and work directories, all under one container directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayRootfs {
+    /// The mount point (`<dir>/rootfs`).
+    pub target: PathBuf,
+    /// `<dir>/upper`.
+    pub upper: PathBuf,
+    /// `<dir>/work`.
+    pub work: PathBuf,
+}
+
+impl OverlayRootfs {
+    /// The layout under `dir`.
+    pub fn under(dir: &Path) -> OverlayRootfs {
+        OverlayRootfs {
+            target: dir.join("rootfs"),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        }
+    }
+
+    /// Mounts the overlay. `layers` are bottom to top (image order); an image without layers
+    /// gets an empty lower directory. Mounting an already-mounted target is a no-op.
+    pub fn mount(&self, layers: &[PathBuf]) -> Result<(), StepError> {
+        for d in [&self.target, &self.upper, &self.work] {
+            std::fs::create_dir_all(d).map_err(step("create"))?;
+        }
+        if is_mount_point(&self.target) {
+            return Ok(());
+        }
+        let mut lowers: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+        if lowers.is_empty() {
+            let empty = self.upper.with_file_name("empty");
+            std::fs::create_dir_all(&empty).map_err(step("create"))?;
+            lowers.push(empty);
+        }
+        for l in &lowers {
+            if !l.is_dir() {
+                return Err(StepError {
+                    op: "find layer",
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("layer directory {} is missing", l.display()),
+                    ),
+                });
+            }
+        }
+        let lower = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let data = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            self.upper.display(),
+            self.work.display()
+        );
+        if data.len() >= 4096 {
+            return Err(StepError {
+                op: "mount overlay",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} layers make the overlay options longer than a page",
+                        lowers.len()
+                    ),
+                ),
+            });
+        }
+        mount(
+            Some("overlay"),
+            &self.target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| StepError {
+            op: "mount overlay",
+            source: io::Error::from(e),
+        })
+    }
+
+    /// Unmounts the overlay (detaching if busy) and removes the container directory `dir`.
+    /// Idempotent.
+    pub fn remove(&self, dir: &Path) -> Result<(), StepError> {
+        if is_mount_point(&self.target) {
+            match umount2(&self.target, MntFlags::empty()) {
+                Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+                Err(Errno::EBUSY) => {
+                    umount2(&self.target, MntFlags::MNT_DETACH).map_err(|e| StepError {
+                        op: "umount",
+                        source: io::Error::from(e),
+                    })?;
+                }
+                Err(e) => {
+                    return Err(StepError {
+                        op: "umount",
+                        source: io::Error::from(e),
+                    });
+                }
+            }
+        }
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StepError {
+                op: "remove container dir",
+                source: e,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod overlay_tests {
+    use super::*;
+
+    #[test]
+    fn overlay_mounts_layers_in_order_and_removes_cleanly() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP overlay_mounts_layers_in_order_and_removes_cleanly: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (l1, l2) = (tmp.path().join("l1"), tmp.path().join("l2"));
+        std::fs::create_dir_all(&l1).expect("l1");
+        std::fs::create_dir_all(&l2).expect("l2");
+        std::fs::write(l1.join("f"), "bottom").expect("write");
+        std::fs::write(l2.join("f"), "top").expect("write");
+        std::fs::write(l1.join("only1"), "x").expect("write");
+        let dir = tmp.path().join("c");
+        let ov = OverlayRootfs::under(&dir);
+        ov.mount(&[l1.clone(), l2.clone()]).expect("mount");
+        ov.mount(&[l1.clone(), l2.clone()])
+            .expect("second mount is a no-op");
+        assert_eq!(
+            std::fs::read_to_string(ov.target.join("f")).expect("read"),
+            "top"
+        );
+        assert!(ov.target.join("only1").exists());
+        std::fs::write(ov.target.join("new"), "w").expect("write through");
+        assert!(ov.upper.join("new").exists());
+        assert!(!l2.join("new").exists());
+        ov.remove(&dir).expect("remove");
+        assert!(!dir.exists());
+        ov.remove(&dir).expect("remove again");
+        let missing = OverlayRootfs::under(&tmp.path().join("d"));
+        assert_eq!(
+            missing
+                .mount(&[tmp.path().join("nope")])
+                .expect_err("missing layer")
+                .op,
+            "find layer"
+        );
+        missing.remove(&tmp.path().join("d")).expect("cleanup");
+    }
+}

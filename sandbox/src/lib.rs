@@ -4,10 +4,13 @@
 //!   gRPC status in exactly one place.
 //! * [`id`]: 64-hex-digit object ids (the form kubelet and crictl expect) and id-prefix matching.
 //! * [`pod`]: the backend-neutral pod description ([`pod::PodSpec`]) a CRI `PodSandboxConfig` maps to.
+//! * [`container`]: the backend-neutral container description ([`container::ContainerSpec`]), the
+//!   image config it starts from, its state and exit status.
 //!
 //! The pod/container state machines and the `SandboxBackend`/`TaskRuntime` traits arrive with the
 //! linux-pods issue; until then this crate holds only what the image service and the edge share.
 
+pub mod container;
 pub mod id;
 pub mod pod;
 

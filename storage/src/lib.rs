@@ -123,6 +123,39 @@ pub struct PodRow {
     pub backend_state: String,
 }
 
+/// One container as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerRow {
+    /// Container id.
+    pub id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// CRI metadata name.
+    pub name: String,
+    /// CRI metadata attempt.
+    pub attempt: u32,
+    /// Resolved image id.
+    pub image_id: String,
+    /// `created`, `running`, `exited` or `unknown`.
+    pub state: String,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    /// Nanoseconds since the epoch; 0 if never started.
+    pub started_at: i64,
+    /// Nanoseconds since the epoch; 0 while not exited.
+    pub finished_at: i64,
+    /// Exit code once exited.
+    pub exit_code: i32,
+    /// CRI reason (`Completed`, `Error`, `OOMKilled`).
+    pub reason: String,
+    /// CRI message.
+    pub message: String,
+    /// The CRI `ContainerConfig`, protobuf-encoded (opaque here).
+    pub config: Vec<u8>,
+    /// Backend state, JSON (opaque here).
+    pub backend_state: String,
+}
+
 /// The state store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -424,6 +457,135 @@ impl Store {
         Ok(res.rows_affected() > 0)
     }
 
+    const CONTAINER_COLUMNS: &'static str = "id, pod_id, name, attempt, image_id, state, created_at, started_at, finished_at, exit_code, reason, message, config, backend_state";
+
+    fn container_from_row(r: &sqlx::sqlite::SqliteRow) -> ContainerRow {
+        ContainerRow {
+            id: r.get(0),
+            pod_id: r.get(1),
+            name: r.get(2),
+            attempt: u32::try_from(r.get::<i64, _>(3)).unwrap_or(0),
+            image_id: r.get(4),
+            state: r.get(5),
+            created_at: r.get(6),
+            started_at: r.get(7),
+            finished_at: r.get(8),
+            exit_code: i32::try_from(r.get::<i64, _>(9)).unwrap_or(-1),
+            reason: r.get(10),
+            message: r.get(11),
+            config: r.get(12),
+            backend_state: r.get(13),
+        }
+    }
+
+    /// Inserts a container; `false` when its (pod, name, attempt) is taken. Fails when the pod
+    /// row does not exist.
+    pub async fn insert_container(&self, c: &ContainerRow) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "INSERT INTO containers (id, pod_id, name, attempt, image_id, state, created_at, started_at, finished_at, exit_code, reason, message, config, backend_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+             ON CONFLICT (pod_id, name, attempt) DO NOTHING",
+        )
+        .bind(&c.id)
+        .bind(&c.pod_id)
+        .bind(&c.name)
+        .bind(i64::from(c.attempt))
+        .bind(&c.image_id)
+        .bind(&c.state)
+        .bind(c.created_at)
+        .bind(c.started_at)
+        .bind(c.finished_at)
+        .bind(i64::from(c.exit_code))
+        .bind(&c.reason)
+        .bind(&c.message)
+        .bind(&c.config)
+        .bind(&c.backend_state)
+        .execute(&self.pool)
+        .await
+        .map_err(q("insert container"))?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// The container with exactly this id.
+    pub async fn container(&self, id: &str) -> Result<Option<ContainerRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM containers WHERE id = ?1",
+            Self::CONTAINER_COLUMNS
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("get container"))?;
+        Ok(row.as_ref().map(Self::container_from_row))
+    }
+
+    /// Ids of containers whose id starts with `prefix`.
+    pub async fn container_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("{}%", prefix.replace(['%', '_'], ""));
+        sqlx::query_scalar("SELECT id FROM containers WHERE id LIKE ?1 ORDER BY id")
+            .bind(pattern)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("find containers by id prefix"))
+    }
+
+    /// Every container (of one pod when `pod_id` is given), oldest first.
+    pub async fn list_containers(
+        &self,
+        pod_id: Option<&str>,
+    ) -> Result<Vec<ContainerRow>, StoreError> {
+        let sql = match pod_id {
+            Some(_) => format!(
+                "SELECT {} FROM containers WHERE pod_id = ?1 ORDER BY created_at, id",
+                Self::CONTAINER_COLUMNS
+            ),
+            None => format!(
+                "SELECT {} FROM containers ORDER BY created_at, id",
+                Self::CONTAINER_COLUMNS
+            ),
+        };
+        let mut query = sqlx::query(&sql);
+        if let Some(p) = pod_id {
+            query = query.bind(p);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("list containers"))?;
+        Ok(rows.iter().map(Self::container_from_row).collect())
+    }
+
+    /// Writes a container's mutable fields (state, times, exit, reason, message, backend state).
+    pub async fn update_container(&self, c: &ContainerRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE containers SET state = ?2, started_at = ?3, finished_at = ?4, exit_code = ?5,
+             reason = ?6, message = ?7, backend_state = ?8 WHERE id = ?1",
+        )
+        .bind(&c.id)
+        .bind(&c.state)
+        .bind(c.started_at)
+        .bind(c.finished_at)
+        .bind(i64::from(c.exit_code))
+        .bind(&c.reason)
+        .bind(&c.message)
+        .bind(&c.backend_state)
+        .execute(&self.pool)
+        .await
+        .map_err(q("update container"))?;
+        Ok(())
+    }
+
+    /// Deletes a container row. Returns whether it existed.
+    pub async fn delete_container(&self, id: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM containers WHERE id = ?1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(q("delete container"))?;
+        Ok(res.rows_affected() > 0)
+    }
+
     /// Records the start of a multi-step operation; returns its journal id.
     pub async fn journal_begin(
         &self,
@@ -615,6 +777,54 @@ mod tests {
         assert_eq!(s.list_pods().await.unwrap().len(), 1);
         assert!(s.delete_pod("p1").await.unwrap());
         assert!(!s.delete_pod("p1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn containers_unique_per_pod_name_attempt_update_and_cascade() {
+        let (_d, s) = store().await;
+        assert!(s.insert_pod(&pod("p1", "web")).await.unwrap());
+        let mut c = ContainerRow {
+            id: "c1".into(),
+            pod_id: "p1".into(),
+            name: "app".into(),
+            attempt: 0,
+            image_id: "sha256:x".into(),
+            state: "created".into(),
+            created_at: 1,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            config: vec![1, 2],
+            backend_state: "{}".into(),
+        };
+        assert!(s.insert_container(&c).await.unwrap());
+        let dup = ContainerRow {
+            id: "c2".into(),
+            ..c.clone()
+        };
+        assert!(!s.insert_container(&dup).await.unwrap());
+        let orphan = ContainerRow {
+            id: "c3".into(),
+            pod_id: "nope".into(),
+            ..c.clone()
+        };
+        assert!(s.insert_container(&orphan).await.is_err());
+        c.state = "exited".into();
+        c.exit_code = 137;
+        c.reason = "OOMKilled".into();
+        s.update_container(&c).await.unwrap();
+        assert_eq!(s.container("c1").await.unwrap(), Some(c.clone()));
+        assert_eq!(
+            s.container_ids_with_prefix("c").await.unwrap(),
+            vec!["c1".to_string()]
+        );
+        assert_eq!(s.list_containers(Some("p1")).await.unwrap().len(), 1);
+        assert_eq!(s.list_containers(Some("p2")).await.unwrap().len(), 0);
+        assert!(s.delete_pod("p1").await.unwrap());
+        assert_eq!(s.container("c1").await.unwrap(), None);
+        assert!(!s.delete_container("c1").await.unwrap());
     }
 
     #[tokio::test]

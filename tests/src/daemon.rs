@@ -377,6 +377,17 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // a failed test must not leave its containers (and the keeper) to the next ones
+        for (pid, _) in leaks::processes_referring_to(self.base_dir()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for m in leaks::mounts_under(&self.root)
+            .into_iter()
+            .rev()
+            .chain(leaks::mounts_under(&self.state).into_iter().rev())
+        {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
         if std::env::var_os("UNICRI_E2E_KEEP").is_some()
             && let Some(d) = self.dir.take()
         {

@@ -8,7 +8,9 @@
 //! - [`daemon`]: spawns the real `unicri` binary on a temp root/state/socket and hands out CRI
 //!   clients over the unix socket.
 //! - [`leaks`]: what must be gone after a daemon stops (processes, mounts, ingest files).
+//! - [`cni`]: a bridge + host-local + portmap CNI network for pods.
 
+pub mod cni;
 pub mod daemon;
 pub mod leaks;
 pub mod oci;

@@ -9,59 +9,7 @@ use anyhow::{Context, Result, ensure};
 use unicri_e2e::daemon::{Daemon, DaemonOpts};
 use unicri_proto::v1;
 
-const PLUGINS: &str = "/usr/lib/cni";
-
-struct Net {
-    dir: tempfile::TempDir,
-    bridge: String,
-    subnet: String,
-}
-
-impl Net {
-    fn new() -> Result<Net> {
-        let dir = tempfile::tempdir()?;
-        let n = std::process::id() % 200 + 20;
-        let bridge = format!("ucri{n}");
-        let subnet = format!("10.251.{n}");
-        std::fs::create_dir_all(dir.path().join("net.d"))?;
-        let conf = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "unicri-e2e",
-            "plugins": [
-                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("{subnet}.0/24")}]],
-                          "dataDir": dir.path().join("ipam")}},
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
-        });
-        std::fs::write(dir.path().join("net.d/10-e2e.conflist"), conf.to_string())?;
-        Ok(Net {
-            dir,
-            bridge,
-            subnet,
-        })
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{PLUGINS}\"]\n",
-            self.dir.path().join("net.d").display()
-        )
-    }
-
-    fn veths_on_bridge(&self) -> usize {
-        let p = format!("/sys/class/net/{}/brif", self.bridge);
-        std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0)
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
-}
+use unicri_e2e::cni::{Net, PLUGINS};
 
 fn pod_config(name: &str, labels: &[(&str, &str)]) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {

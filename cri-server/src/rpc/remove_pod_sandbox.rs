@@ -1,4 +1,4 @@
-//! `RemovePodSandbox`: stops if needed, removes namespaces, files, shm, cgroup and the row;
+//! `RemovePodSandbox`: removes its containers, stops if needed, removes namespaces, files, shm, cgroup and the row;
 //! idempotent.
 
 use unicri_proto::v1;
@@ -10,6 +10,9 @@ pub(crate) async fn remove_pod_sandbox(
     cri: &Cri,
     req: v1::RemovePodSandboxRequest,
 ) -> Result<v1::RemovePodSandboxResponse, CriError> {
+    if let Some(pod) = cri.pods.resolve(&req.pod_sandbox_id).await? {
+        cri.containers.remove_pod(&pod.row.id).await?;
+    }
     cri.pods.remove(&req.pod_sandbox_id).await?;
     Ok(v1::RemovePodSandboxResponse {})
 }

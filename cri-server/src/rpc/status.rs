@@ -11,14 +11,20 @@ pub(crate) async fn status(
     cri: &Cri,
     req: v1::StatusRequest,
 ) -> Result<v1::StatusResponse, CriError> {
-    // Pod sandboxes run, but containers cannot yet: saying RuntimeReady=true would make kubelet
-    // schedule pods onto a node that cannot run them.
-    let runtime = v1::RuntimeCondition {
-        r#type: "RuntimeReady".to_string(),
-        status: false,
-        reason: "ContainersNotSupportedYet".to_string(),
-        message: "unicri serves images and pod sandboxes; containers are not implemented yet"
-            .to_string(),
+    // Containers need cgroups (the keeper is started on demand by the first container).
+    let runtime = match unicri_runtime_linux::cgroups::CgroupManager::detect() {
+        Ok(_) => v1::RuntimeCondition {
+            r#type: "RuntimeReady".to_string(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err(e) => v1::RuntimeCondition {
+            r#type: "RuntimeReady".to_string(),
+            status: false,
+            reason: "CgroupsUnavailable".to_string(),
+            message: e.to_string(),
+        },
     };
     let network = match cri.pods.network_status() {
         Ok(()) => v1::RuntimeCondition {

@@ -136,6 +136,65 @@ pub enum LinuxError {
     /// Several independent cleanup steps failed.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Multiple(Vec<LinuxError>),
+    /// A file the OCI spec builder reads (in the container's rootfs or on the node) could not be
+    /// read.
+    #[error("{op} {path}: {source}")]
+    SpecIo {
+        /// The failed step.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Something a container spec names (mount source, device, seccomp profile) does not exist.
+    #[error("{what} {path} does not exist")]
+    SpecNotFound {
+        /// What it is.
+        what: &'static str,
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A container feature the `linux` backend does not support (yet).
+    #[error("{what} is not supported by the linux runtime: {reason}")]
+    SpecUnsupported {
+        /// The feature.
+        what: &'static str,
+        /// Details.
+        reason: String,
+    },
+    /// A mount asks for a propagation its host mount point does not allow.
+    #[error(
+        "mount {path} with {propagation} propagation: {path} is on {mount_point}, which is not a {needed} mount"
+    )]
+    MountPropagation {
+        /// The host path of the mount.
+        path: PathBuf,
+        /// The propagation asked for (`rslave`, `rshared`).
+        propagation: &'static str,
+        /// The host mount point holding `path`.
+        mount_point: PathBuf,
+        /// What that mount point would have to be (`shared`, `shared or slave`).
+        needed: &'static str,
+    },
+    /// Talking to the keeper failed (it could not be started, reached or understood).
+    #[error("keeper {op}: {message}")]
+    Keeper {
+        /// The request.
+        op: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The keeper refused a request.
+    #[error("keeper {op}: {message}")]
+    KeeperRefused {
+        /// The request.
+        op: &'static str,
+        /// `not_found`, `failed_precondition`, `invalid_argument` or `internal`.
+        kind: String,
+        /// The keeper's message.
+        message: String,
+    },
 }
 
 /// A cgroup directory that `remove` could not delete.
@@ -178,10 +237,21 @@ impl Classify for LinuxError {
         match self {
             LinuxError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             LinuxError::PodExists { .. } => ErrorKind::AlreadyExists,
+            LinuxError::SpecNotFound { .. } => ErrorKind::NotFound,
+            LinuxError::SpecUnsupported { .. } => ErrorKind::Unimplemented,
+            LinuxError::MountPropagation { .. } => ErrorKind::FailedPrecondition,
+            LinuxError::SpecIo { .. } => ErrorKind::Internal,
             LinuxError::RollbackFailed { error, .. } => error.kind(),
             LinuxError::Multiple(errors) => {
                 errors.first().map_or(ErrorKind::Internal, |e| e.kind())
             }
+            LinuxError::KeeperRefused { kind, .. } => match kind.as_str() {
+                "not_found" => ErrorKind::NotFound,
+                "failed_precondition" => ErrorKind::FailedPrecondition,
+                "invalid_argument" => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            },
+            LinuxError::Keeper { .. } => ErrorKind::Unavailable,
             LinuxError::PinNamespaces { .. }
             | LinuxError::EnterNamespace { .. }
             | LinuxError::SetSysctl { .. }

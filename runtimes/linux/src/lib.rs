@@ -7,6 +7,11 @@
 //! * [`sysctl`]: kubelet's namespaced-sysctl rules; `net.*` applied inside a pinned netns.
 //! * [`cgroups`]: cgroupfs driver over v1 (hybrid) or v2.
 //! * [`files`]: pod files, written atomically.
+//! * [`spec`]: a container's OCI runtime spec from its `ContainerSpec`, image config and pod.
+//! * [`user`]: the container's uid/gid/groups from the rootfs' `/etc/passwd` and `/etc/group`.
+//! * [`seccomp`]: the default seccomp profile and `Localhost` profiles, as OCI seccomp.
+//! * [`keeper`]: the node keeper process (parent of every container, log writer, exit records)
+//!   and the daemon's client for it.
 //!
 //! The network namespace is `network-cni`'s (`NetNs::create`); this crate only enters it to apply
 //! `net.*` sysctls.
@@ -14,10 +19,14 @@
 pub mod cgroups;
 pub mod error;
 pub mod files;
+pub mod keeper;
 pub mod mountinfo;
 pub mod ns;
 pub mod pod;
+pub mod seccomp;
+pub mod spec;
 pub mod sysctl;
+pub mod user;
 
 pub use error::LinuxError;
 pub use pod::{LinuxPod, PodState, Problem};

@@ -1,0 +1,557 @@
+//! Containers of `linux` pods: the rootfs overlay and OCI spec are made here, the process is
+//! created, run, reaped and logged by the node keeper (`unicri_runtime_linux::keeper`), the
+//! record lives in SQLite. The keeper is the truth about processes; rows are brought up to date
+//! from it whenever they are read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use unicri_mounts::OverlayRootfs;
+use unicri_proto::v1;
+use unicri_runtime_linux::cgroups::CgroupManager;
+use unicri_runtime_linux::keeper::KeeperClient;
+use unicri_runtime_linux::keeper::proto::{ContainerInfo, CreateRequest, ExecRequest, ExecResult};
+use unicri_sandbox::ErrorKind;
+use unicri_sandbox::container::{ContainerSpec, ContainerState};
+use unicri_storage::{ContainerRow, Store};
+
+use crate::container_spec;
+use crate::error::CriError;
+use crate::images::Images;
+use crate::pods::{Pods, READY, StoredPod};
+
+/// What the daemon keeps about a container besides its CRI config (the row's `backend_state`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerBackendState {
+    /// The container directory (bundle: `config.json`, `rootfs`, `upper`, `work`).
+    pub dir: PathBuf,
+    /// The backend-neutral spec it was created from.
+    pub spec: ContainerSpec,
+    /// The image's repo digest (`repo@sha256:…`), or its id when it has none (CRI `image_ref`).
+    pub image_ref: String,
+    /// Signal number StopContainer sends first.
+    pub stop_signal: i32,
+    /// cgroup path (cgroupfs) of the container.
+    pub cgroups_path: String,
+}
+
+/// A stored container with its decoded config and state.
+#[derive(Clone, Debug)]
+pub struct StoredContainer {
+    /// The row.
+    pub row: ContainerRow,
+    /// The CRI config it was created with.
+    pub config: v1::ContainerConfig,
+    /// Backend state.
+    pub state: ContainerBackendState,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
+    CriError::new(ErrorKind::Internal, format!("{what}: {e}"))
+}
+
+fn mount_err(what: &str, e: unicri_mounts::StepError) -> CriError {
+    internal(what, format!("{}: {}", e.op, e.source))
+}
+
+/// Container orchestration.
+pub struct Containers {
+    store: Store,
+    images: Arc<Images>,
+    pods: Arc<Pods>,
+    keeper: KeeperClient,
+    dir: PathBuf,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Containers {
+    /// Containers under `<root>/containers`, run by the keeper in `<state>/keeper`.
+    pub fn new(
+        root: &Path,
+        state: &Path,
+        store: Store,
+        images: Arc<Images>,
+        pods: Arc<Pods>,
+        exe: PathBuf,
+    ) -> Self {
+        Self {
+            store,
+            images,
+            pods,
+            keeper: KeeperClient::new(state.join("keeper"), exe, 2000),
+            dir: root.join("containers"),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn decode(row: ContainerRow) -> Result<StoredContainer, CriError> {
+        let config = v1::ContainerConfig::decode(row.config.as_slice())
+            .map_err(|e| internal(&format!("decode stored config of container {}", row.id), e))?;
+        let state: ContainerBackendState = serde_json::from_str(&row.backend_state)
+            .map_err(|e| internal(&format!("decode stored state of container {}", row.id), e))?;
+        Ok(StoredContainer { row, config, state })
+    }
+
+    /// The container `id` (full or unique prefix) names, if any, brought up to date.
+    pub async fn resolve(&self, id: &str) -> Result<Option<StoredContainer>, CriError> {
+        if id.is_empty() {
+            return Err(CriError::invalid("container id is empty"));
+        }
+        let row = match self.store.container(id).await? {
+            Some(r) => Some(r),
+            None if unicri_sandbox::id::is_id_prefix(id) => {
+                match self.store.container_ids_with_prefix(id).await?.as_slice() {
+                    [one] => self.store.container(one).await?,
+                    [] => None,
+                    many => {
+                        return Err(CriError::invalid(format!(
+                            "container id prefix {id:?} is ambiguous ({} containers)",
+                            many.len()
+                        )));
+                    }
+                }
+            }
+            None => None,
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut c = Self::decode(row)?;
+        let info = self
+            .keeper
+            .state(&c.row.id)
+            .await
+            .map_err(|e| CriError::from_classified("ask the keeper", &e))?;
+        self.refresh(&mut c, info.as_ref()).await?;
+        Ok(Some(c))
+    }
+
+    /// Every container (of one pod), brought up to date.
+    pub async fn list(&self, pod_id: Option<&str>) -> Result<Vec<StoredContainer>, CriError> {
+        let rows = self.store.list_containers(pod_id).await?;
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let infos = self
+            .keeper
+            .list()
+            .await
+            .map_err(|e| CriError::from_classified("ask the keeper", &e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut c = Self::decode(row)?;
+            let info = infos.iter().find(|i| i.id == c.row.id);
+            self.refresh(&mut c, info).await?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Brings a row up to date with the keeper's view and stores the change.
+    async fn refresh(
+        &self,
+        c: &mut StoredContainer,
+        info: Option<&ContainerInfo>,
+    ) -> Result<(), CriError> {
+        let before = c.row.clone();
+        let state = ContainerState::parse(&c.row.state);
+        match info {
+            Some(info) => {
+                if info.started_at > 0 && c.row.started_at == 0 {
+                    c.row.started_at = info.started_at;
+                }
+                if let Some(exit) = &info.exit {
+                    c.row.state = ContainerState::Exited.as_str().into();
+                    c.row.exit_code = exit.code;
+                    c.row.finished_at = exit.finished_at;
+                    c.row.reason = if info.state == "unknown" {
+                        "Unknown".into()
+                    } else {
+                        exit.reason().into()
+                    };
+                    if c.row.started_at == 0 {
+                        c.row.started_at = exit.finished_at;
+                    }
+                } else if info.state == "running" {
+                    c.row.state = ContainerState::Running.as_str().into();
+                }
+            }
+            None if matches!(state, ContainerState::Created | ContainerState::Running) => {
+                // the keeper has no record: its state was lost (node reboot)
+                c.row.state = ContainerState::Exited.as_str().into();
+                c.row.exit_code = 255;
+                c.row.reason = "Unknown".into();
+                c.row.message = "the keeper lost this container".into();
+                c.row.finished_at = crate::pods::now_nanos();
+            }
+            None => {}
+        }
+        if c.row != before {
+            self.store.update_container(&c.row).await?;
+        }
+        Ok(())
+    }
+
+    /// `CreateContainer`: returns the new container's id.
+    pub async fn create(
+        &self,
+        pod_id: &str,
+        config: v1::ContainerConfig,
+        pod_config: Option<v1::PodSandboxConfig>,
+    ) -> Result<String, CriError> {
+        let pod = self
+            .pods
+            .resolve(pod_id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("pod sandbox {pod_id} not found")))?;
+        if pod.row.state != READY {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("pod sandbox {} is not ready", pod.row.id),
+            ));
+        }
+        let pod_config = pod_config.unwrap_or_else(|| pod.config.clone());
+        let image_spec = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_spec.is_empty() {
+            return Err(CriError::invalid("container config has no image"));
+        }
+        let image = self.images.resolve(&image_spec).await?.ok_or_else(|| {
+            CriError::not_found(format!("image {image_spec:?} not found: pull it first"))
+        })?;
+        let id = unicri_sandbox::id::new_id();
+        let spec = container_spec::container_spec(
+            &id,
+            &pod.row.id,
+            &pod_config,
+            &config,
+            &image_spec,
+            &image.row.id,
+        )?;
+        let image_config = container_spec::image_config(&image.record.config_json)?;
+
+        let _g = self.lock.lock().await;
+        if let Some(existing) = self
+            .store
+            .list_containers(Some(&pod.row.id))
+            .await?
+            .into_iter()
+            .find(|c| c.name == spec.name && c.attempt == spec.attempt)
+        {
+            return Err(CriError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "container {:?} (attempt {}) already exists in pod {} as {}",
+                    spec.name, spec.attempt, pod.row.id, existing.id
+                ),
+            ));
+        }
+        let dir = self.dir.join(&id);
+        let payload = serde_json::json!({ "dir": dir }).to_string();
+        let op = self
+            .store
+            .journal_begin("create_container", &id, &payload)
+            .await?;
+        let result = self
+            .build(&id, &dir, &pod, &spec, &image_config, &image, &config)
+            .await;
+        if let Err(e) = &result {
+            tracing::info!(container_id = %id, error = %e.message, "create container failed; rolling back");
+            if let Err(cleanup) = self.destroy(&id, &dir).await {
+                tracing::error!(container_id = %id, error = %cleanup.message, "rollback of a failed container left something behind");
+            }
+        }
+        self.store.journal_finish(op).await?;
+        result.map(|()| id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build(
+        &self,
+        id: &str,
+        dir: &Path,
+        pod: &StoredPod,
+        spec: &ContainerSpec,
+        image_config: &unicri_sandbox::container::ImageConfig,
+        image: &crate::images::StoredImage,
+        config: &v1::ContainerConfig,
+    ) -> Result<(), CriError> {
+        let linux_pod = pod.state.linux.clone().ok_or_else(|| {
+            CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("pod sandbox {} has no linux state", pod.row.id),
+            )
+        })?;
+        let pod_spec = crate::pods::pod_spec(&pod.row.id, &pod.config)?;
+        let pod_cgroup = linux_pod
+            .cgroup
+            .as_ref()
+            .map(|c| c.path.clone())
+            .unwrap_or_else(|| format!("/unicri/pod-{}", pod.row.id));
+        let cgroups_path = format!("{}/{}", pod_cgroup.trim_end_matches('/'), id);
+        let layers = self.images.service().layer_dirs(&image.record);
+        let overlay = OverlayRootfs::under(dir);
+        let (ov, l) = (overlay.clone(), layers.clone());
+        tokio::task::spawn_blocking(move || ov.mount(&l))
+            .await
+            .map_err(|e| internal("mount rootfs", e))?
+            .map_err(|e| mount_err("mount container rootfs", e))?;
+
+        let (s, ic, ps, lp, netns, rootfs, cg) = (
+            spec.clone(),
+            image_config.clone(),
+            pod_spec.clone(),
+            linux_pod.clone(),
+            pod.state.netns.clone(),
+            overlay.target.clone(),
+            cgroups_path.clone(),
+        );
+        let bundle = dir.to_path_buf();
+        let built = tokio::task::spawn_blocking(move || {
+            let inputs = unicri_runtime_linux::spec::SpecInputs {
+                container: &s,
+                image: &ic,
+                pod: &ps,
+                pod_state: &lp,
+                netns: netns.as_deref(),
+                rootfs: &rootfs,
+                cgroups_path: cg,
+                pid_ns: None,
+            };
+            let mut built = unicri_runtime_linux::spec::build(&inputs)?;
+            if let Some(p) = built.spec.process().clone() {
+                // a terminal needs the streaming server (not there yet): plain pipes instead
+                let mut p = p;
+                p.set_terminal(Some(false));
+                built.spec.set_process(Some(p));
+            }
+            built.spec.save(bundle.join("config.json")).map_err(|e| {
+                unicri_runtime_linux::LinuxError::InvalidArgument {
+                    what: "oci spec",
+                    value: bundle.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            Ok::<_, unicri_runtime_linux::LinuxError>(built.stop_signal)
+        })
+        .await
+        .map_err(|e| internal("build oci spec", e))?
+        .map_err(|e| CriError::from_classified("build container spec", &e))?;
+
+        let cgroup_dirs = CgroupManager::detect()
+            .map(|m| {
+                m.roots()
+                    .into_iter()
+                    .map(|r| r.join(cgroups_path.trim_start_matches('/')))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let state = ContainerBackendState {
+            dir: dir.to_path_buf(),
+            spec: spec.clone(),
+            image_ref: image
+                .row
+                .digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.row.id.clone()),
+            stop_signal: built,
+            cgroups_path: cgroups_path.clone(),
+        };
+        let info = self
+            .keeper
+            .create(CreateRequest {
+                id: id.to_string(),
+                bundle: dir.to_path_buf(),
+                log_path: (!spec.log_path.is_empty()).then(|| PathBuf::from(&spec.log_path)),
+                oom_score_adj: spec.resources.oom_score_adj,
+                cgroup_dirs,
+                stdin: spec.stdin,
+            })
+            .await
+            .map_err(|e| CriError::from_classified("create container", &e))?;
+        let row = ContainerRow {
+            id: id.to_string(),
+            pod_id: pod.row.id.clone(),
+            name: spec.name.clone(),
+            attempt: spec.attempt,
+            image_id: image.row.id.clone(),
+            state: ContainerState::Created.as_str().into(),
+            created_at: info.created_at,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            config: config.encode_to_vec(),
+            backend_state: serde_json::to_string(&state)
+                .map_err(|e| internal("encode container state", e))?,
+        };
+        if !self.store.insert_container(&row).await? {
+            return Err(CriError::new(
+                ErrorKind::AlreadyExists,
+                format!("container {:?} already exists", spec.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the keeper's container and the container directory. Idempotent.
+    async fn destroy(&self, id: &str, dir: &Path) -> Result<(), CriError> {
+        self.keeper
+            .delete(id)
+            .await
+            .map_err(|e| CriError::from_classified("delete container", &e))?;
+        let overlay = OverlayRootfs::under(dir);
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || overlay.remove(&d))
+            .await
+            .map_err(|e| internal("remove rootfs", e))?
+            .map_err(|e| mount_err("remove container rootfs", e))
+    }
+
+    /// `StartContainer`.
+    pub async fn start(&self, id: &str) -> Result<(), CriError> {
+        let c = self
+            .resolve(id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
+        if ContainerState::parse(&c.row.state) != ContainerState::Created {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("container {} is {}, not created", c.row.id, c.row.state),
+            ));
+        }
+        let info = self
+            .keeper
+            .start(&c.row.id)
+            .await
+            .map_err(|e| CriError::from_classified("start container", &e))?;
+        let mut c = c;
+        self.refresh(&mut c, Some(&info)).await
+    }
+
+    /// `StopContainer`: the stop signal, SIGKILL after `timeout` seconds. Unknown ids and
+    /// stopped containers are fine.
+    pub async fn stop(&self, id: &str, timeout: i64) -> Result<(), CriError> {
+        let Some(mut c) = self.resolve(id).await? else {
+            return Ok(());
+        };
+        if ContainerState::parse(&c.row.state) == ContainerState::Exited {
+            return Ok(());
+        }
+        let cid = c.row.id.clone();
+        let signal = if c.state.stop_signal > 0 {
+            c.state.stop_signal
+        } else {
+            15
+        };
+        let kerr =
+            |e: unicri_runtime_linux::LinuxError| CriError::from_classified("stop container", &e);
+        if timeout > 0 {
+            self.keeper.kill(&cid, signal, false).await.map_err(kerr)?;
+            let waited = self
+                .keeper
+                .wait(&cid, Duration::from_secs(timeout.unsigned_abs()))
+                .await
+                .map_err(kerr)?;
+            if let Some(info) = waited.filter(|i| i.exit.is_some()) {
+                return self.refresh(&mut c, Some(&info)).await;
+            }
+        }
+        self.keeper.kill(&cid, 9, true).await.map_err(kerr)?;
+        let info = self
+            .keeper
+            .wait(&cid, Duration::from_secs(10))
+            .await
+            .map_err(kerr)?;
+        self.refresh(&mut c, info.as_ref()).await
+    }
+
+    /// `RemoveContainer`: kills it if needed and removes everything. Unknown ids are fine.
+    pub async fn remove(&self, id: &str) -> Result<(), CriError> {
+        let Some(c) = self.resolve(id).await? else {
+            return Ok(());
+        };
+        self.destroy(&c.row.id, &c.state.dir).await?;
+        self.store.delete_container(&c.row.id).await?;
+        Ok(())
+    }
+
+    /// Stops (SIGKILL right away when `kill`) every container of a pod.
+    pub async fn stop_pod(&self, pod_id: &str) -> Result<(), CriError> {
+        for c in self.list(Some(pod_id)).await? {
+            self.stop(&c.row.id, 0).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes every container of a pod.
+    pub async fn remove_pod(&self, pod_id: &str) -> Result<(), CriError> {
+        for c in self.store.list_containers(Some(pod_id)).await? {
+            let dir = Self::decode(c.clone())
+                .map(|s| s.state.dir)
+                .unwrap_or_else(|_| self.dir.join(&c.id));
+            self.destroy(&c.id, &dir).await?;
+            self.store.delete_container(&c.id).await?;
+        }
+        Ok(())
+    }
+
+    /// `ExecSync`.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecResult, CriError> {
+        if cmd.is_empty() {
+            return Err(CriError::invalid("exec needs a command"));
+        }
+        let c = self
+            .resolve(id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
+        if ContainerState::parse(&c.row.state) != ContainerState::Running {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("container {} is not running", c.row.id),
+            ));
+        }
+        self.keeper
+            .exec(ExecRequest {
+                id: c.row.id.clone(),
+                argv: cmd,
+                timeout_ms: u64::try_from(timeout.max(0))
+                    .unwrap_or(0)
+                    .saturating_mul(1000),
+            })
+            .await
+            .map_err(|e| CriError::from_classified("exec in container", &e))
+    }
+
+    /// `ReopenContainerLog`.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), CriError> {
+        let c = self
+            .resolve(id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
+        if ContainerState::parse(&c.row.state) != ContainerState::Running {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("container {} is not running", c.row.id),
+            ));
+        }
+        self.keeper
+            .reopen_log(&c.row.id)
+            .await
+            .map_err(|e| CriError::from_classified("reopen container log", &e))
+    }
+}

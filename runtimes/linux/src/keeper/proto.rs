@@ -1,0 +1,161 @@
+//! The keeper protocol: one JSON request line, one JSON response line, per connection, over
+//! `<state>/keeper/keeper.sock`. Every request is idempotent (ids are chosen by the daemon).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use unicri_sandbox::container::ExitStatus;
+
+/// Bumped when a request or response changes incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A request to the keeper.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness and version.
+    Ping,
+    /// Create the container from `bundle/config.json` (libcontainer "create": the init waits for
+    /// `Start`). Creating an id the keeper already has answers with its current info.
+    Create(CreateRequest),
+    /// Start a created container.
+    Start {
+        /// Container id.
+        id: String,
+    },
+    /// Send `signal` to the container's init (`all`: to every process of its cgroup).
+    Kill {
+        /// Container id.
+        id: String,
+        /// Signal number.
+        signal: i32,
+        /// Signal every process in the container's cgroup.
+        all: bool,
+    },
+    /// The container's info.
+    State {
+        /// Container id.
+        id: String,
+    },
+    /// Every container the keeper holds.
+    List,
+    /// Wait until the container is not running (or `timeout_ms` passes), then its info.
+    Wait {
+        /// Container id.
+        id: String,
+        /// 0: wait forever.
+        timeout_ms: u64,
+    },
+    /// Run a command in the container and collect its output (CRI ExecSync).
+    Exec(ExecRequest),
+    /// Close and reopen the container's log file (after kubelet rotated it).
+    ReopenLog {
+        /// Container id.
+        id: String,
+    },
+    /// Kill what is left, remove the container's libcontainer state and the keeper's record.
+    /// Deleting an unknown id succeeds.
+    Delete {
+        /// Container id.
+        id: String,
+    },
+}
+
+/// [`Request::Create`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreateRequest {
+    /// Container id (libcontainer's too).
+    pub id: String,
+    /// Directory holding `config.json`.
+    pub bundle: PathBuf,
+    /// CRI log file; `None`: output is discarded.
+    pub log_path: Option<PathBuf>,
+    /// Written to `/proc/<init>/oom_score_adj` between create and start (never lowered below
+    /// the keeper's own value, like containerd's `restrict_oom_score_adj`).
+    pub oom_score_adj: i64,
+    /// Directories of the container's cgroup (one per hierarchy), read for OOM kills.
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// Keep a stdin pipe (for attach); otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+/// [`Request::Exec`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecRequest {
+    /// Container id.
+    pub id: String,
+    /// Command and arguments.
+    pub argv: Vec<String>,
+    /// 0: no timeout.
+    pub timeout_ms: u64,
+}
+
+/// What the keeper knows about one container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerInfo {
+    /// Container id.
+    pub id: String,
+    /// Pid of its init (0 if none).
+    pub pid: i32,
+    /// `created`, `running`, `exited` or `unknown`.
+    pub state: String,
+    /// Unix ns.
+    pub created_at: i64,
+    /// Unix ns; 0 if never started.
+    pub started_at: i64,
+    /// Set once the init has exited.
+    pub exit: Option<ExitStatus>,
+    /// The CRI log file.
+    pub log_path: Option<PathBuf>,
+}
+
+/// [`Request::Exec`]'s result.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecResult {
+    /// Captured stdout (at most [`EXEC_OUTPUT_LIMIT`] bytes).
+    pub stdout: Vec<u8>,
+    /// Captured stderr (at most [`EXEC_OUTPUT_LIMIT`] bytes).
+    pub stderr: Vec<u8>,
+    /// Exit code (`128 + signal` when killed).
+    pub exit_code: i32,
+    /// The timeout ran out and the process was killed.
+    pub timed_out: bool,
+}
+
+/// Output cap of an exec, per stream (containerd's 16 MiB).
+pub const EXEC_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A response from the keeper.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Success without data.
+    Ok,
+    /// [`Request::Ping`]'s answer.
+    Pong {
+        /// [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The keeper's pid.
+        pid: i32,
+    },
+    /// One container.
+    Container(ContainerInfo),
+    /// Every container.
+    Containers {
+        /// The containers.
+        containers: Vec<ContainerInfo>,
+    },
+    /// [`Request::Exec`]'s answer.
+    Exec(ExecResult),
+    /// Failure.
+    Error {
+        /// `not_found`, `failed_precondition`, `invalid_argument` or `internal`.
+        kind: String,
+        /// What went wrong (lowercase, with context).
+        message: String,
+    },
+}

@@ -1,0 +1,758 @@
+//! The keeper process (`unicri keeper`): one per node, single-threaded, child subreaper. It
+//! creates containers through libcontainer (so their inits are its children), owns their stdio
+//! pipes, writes their CRI log files, reaps them and records exit codes and OOM kills durably
+//! under its directory. It exits by itself when it has held no container for `idle_exit`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, pipe2};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, watch};
+use unicri_sandbox::container::ExitStatus;
+
+use super::logs::{LineSplitter, LogFile, Stream};
+use super::proto::{
+    ContainerInfo, CreateRequest, EXEC_OUTPUT_LIMIT, ExecRequest, ExecResult, PROTOCOL_VERSION,
+    Request, Response,
+};
+use super::{KeeperPaths, now_ns};
+
+/// How the keeper runs.
+#[derive(Clone, Debug)]
+pub struct KeeperConfig {
+    /// The keeper directory (socket, lock, records, libcontainer state).
+    pub dir: PathBuf,
+    /// Exit after holding no container (and serving no request) for this long; `None`: never.
+    pub idle_exit: Option<Duration>,
+}
+
+/// A container record as persisted in `records/<id>.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Record {
+    info: ContainerInfo,
+    bundle: PathBuf,
+    cgroup_dirs: Vec<PathBuf>,
+}
+
+struct Entry {
+    record: Record,
+    log: Option<LogFile>,
+    /// Kept open so an attach can be added later; dropped on delete.
+    _stdin: Option<OwnedFd>,
+    /// `true` once the init has exited.
+    exited: watch::Sender<bool>,
+    /// Not our child (loaded after a keeper restart): polled instead of reaped.
+    adopted: bool,
+}
+
+#[derive(Default)]
+struct State {
+    containers: HashMap<String, Entry>,
+    execs: HashMap<i32, oneshot::Sender<i32>>,
+    busy: usize,
+    last_activity: Option<Instant>,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+/// Runs the keeper until it is idle long enough (or SIGTERM while it holds no container).
+/// Returns `Ok(false)` when another keeper already owns `dir`.
+pub fn run(cfg: KeeperConfig) -> std::io::Result<bool> {
+    let paths = KeeperPaths::new(&cfg.dir);
+    std::fs::create_dir_all(&paths.records)?;
+    std::fs::create_dir_all(&paths.libcontainer_root)?;
+    let lock = File::create(&paths.lock)?;
+    match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            let result = local.block_on(&rt, serve(cfg, paths));
+            drop(lock);
+            result.map(|()| true)
+        }
+        Err((_, Errno::EWOULDBLOCK)) => Ok(false),
+        Err((_, e)) => Err(std::io::Error::from(e)),
+    }
+}
+
+async fn serve(cfg: KeeperConfig, paths: KeeperPaths) -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
+    // SIGCHLD must be handled before the first child exists
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let state: Shared = Rc::new(RefCell::new(State {
+        last_activity: Some(Instant::now()),
+        ..State::default()
+    }));
+    load_records(&paths, &state);
+
+    let _ = std::fs::remove_file(&paths.socket);
+    let listener = UnixListener::bind(&paths.socket)?;
+    std::fs::set_permissions(
+        &paths.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    tracing::info!(dir = %cfg.dir.display(), pid = std::process::id(), "keeper serving");
+
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let state = state.clone();
+                    let paths = paths.clone();
+                    state.borrow_mut().busy += 1;
+                    tokio::task::spawn_local(async move {
+                        if let Err(error) = handle_conn(stream, &state, &paths).await {
+                            tracing::debug!(%error, "keeper connection ended with an error");
+                        }
+                        let mut st = state.borrow_mut();
+                        st.busy -= 1;
+                        st.last_activity = Some(Instant::now());
+                    });
+                }
+            }
+            _ = sigchld.recv() => reap(&state, &paths),
+            _ = sigterm.recv() => {
+                if state.borrow().containers.is_empty() {
+                    break;
+                }
+                tracing::warn!("SIGTERM ignored: the keeper holds containers");
+            }
+            _ = tick.tick() => {
+                reap(&state, &paths);
+                poll_adopted(&state, &paths);
+                if let Some(idle) = cfg.idle_exit {
+                    let st = state.borrow();
+                    let quiet = st.containers.is_empty() && st.execs.is_empty() && st.busy == 0;
+                    if quiet && st.last_activity.is_some_and(|t| t.elapsed() >= idle) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&paths.socket);
+    tracing::info!("keeper exiting: idle");
+    Ok(())
+}
+
+async fn handle_conn(
+    stream: UnixStream,
+    state: &Shared,
+    paths: &KeeperPaths,
+) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(rd).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => dispatch(req, state, paths).await,
+        Err(e) => error("invalid_argument", format!("bad keeper request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    wr.shutdown().await
+}
+
+fn error(kind: &str, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind: kind.into(),
+        message: message.into(),
+    }
+}
+
+fn not_found(id: &str) -> Response {
+    error(
+        "not_found",
+        format!("container {id} is not known to the keeper"),
+    )
+}
+
+async fn dispatch(req: Request, state: &Shared, paths: &KeeperPaths) -> Response {
+    match req {
+        Request::Ping => Response::Pong {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id() as i32,
+        },
+        Request::Create(c) => create(c, state, paths),
+        Request::Start { id } => start(&id, state, paths),
+        Request::Kill { id, signal, all } => kill_container(&id, signal, all, state),
+        Request::State { id } => match state.borrow().containers.get(&id) {
+            Some(e) => Response::Container(e.record.info.clone()),
+            None => not_found(&id),
+        },
+        Request::List => Response::Containers {
+            containers: state
+                .borrow()
+                .containers
+                .values()
+                .map(|e| e.record.info.clone())
+                .collect(),
+        },
+        Request::Wait { id, timeout_ms } => wait(&id, timeout_ms, state).await,
+        Request::Exec(e) => exec(e, state, paths).await,
+        Request::ReopenLog { id } => {
+            let st = state.borrow();
+            match st.containers.get(&id) {
+                None => not_found(&id),
+                Some(e) if e.record.info.state != "running" => error(
+                    "failed_precondition",
+                    format!("container {id} is not running: its log cannot be reopened"),
+                ),
+                Some(e) => match &e.log {
+                    Some(log) => match log.reopen() {
+                        Ok(()) => Response::Ok,
+                        Err(err) => error("internal", format!("reopen log of {id}: {err}")),
+                    },
+                    None => Response::Ok,
+                },
+            }
+        }
+        Request::Delete { id } => delete(&id, state, paths).await,
+    }
+}
+
+fn container_root(paths: &KeeperPaths, id: &str) -> PathBuf {
+    paths.libcontainer_root.join(id)
+}
+
+fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Response {
+    if let Some(e) = state.borrow().containers.get(&req.id) {
+        return Response::Container(e.record.info.clone());
+    }
+    if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
+        return error("invalid_argument", format!("bad container id {:?}", req.id));
+    }
+    // a leftover of an earlier, interrupted create
+    let root = container_root(paths, &req.id);
+    if root.exists() {
+        remove_libcontainer_state(&root);
+    }
+    match create_container(&req, paths) {
+        Ok((pid, log, stdin, out_rd, err_rd)) => {
+            let info = ContainerInfo {
+                id: req.id.clone(),
+                pid,
+                state: "created".into(),
+                created_at: now_ns(),
+                started_at: 0,
+                exit: None,
+                log_path: req.log_path.clone(),
+            };
+            let record = Record {
+                info: info.clone(),
+                bundle: req.bundle.clone(),
+                cgroup_dirs: req.cgroup_dirs.clone(),
+            };
+            persist(paths, &record);
+            let (exited, _) = watch::channel(false);
+            spawn_log_pump(out_rd, Stream::Stdout, log.clone());
+            spawn_log_pump(err_rd, Stream::Stderr, log.clone());
+            state.borrow_mut().containers.insert(
+                req.id.clone(),
+                Entry {
+                    record,
+                    log,
+                    _stdin: stdin,
+                    exited,
+                    adopted: false,
+                },
+            );
+            tracing::info!(id = %req.id, pid, "container created");
+            Response::Container(info)
+        }
+        Err(message) => {
+            remove_libcontainer_state(&root);
+            tracing::warn!(id = %req.id, %message, "container create failed");
+            error("internal", message)
+        }
+    }
+}
+
+type Created = (i32, Option<LogFile>, Option<OwnedFd>, OwnedFd, OwnedFd);
+
+fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Created, String> {
+    let log = match &req.log_path {
+        Some(p) => {
+            Some(LogFile::open(p).map_err(|e| format!("open log file {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (stdin_keep, stdin_fd): (Option<OwnedFd>, OwnedFd) = if req.stdin {
+        let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        (Some(wr), rd)
+    } else {
+        let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+        (None, OwnedFd::from(null))
+    };
+    let container = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
+        .with_root_path(&paths.libcontainer_root)
+        .map_err(|e| format!("libcontainer root: {e}"))?
+        .with_stdin(stdin_fd)
+        .with_stdout(out_wr)
+        .with_stderr(err_wr)
+        .as_init(&req.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("create container {}: {e}", req.id))?;
+    let pid = container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| format!("container {} has no init pid after create", req.id))?;
+    set_oom_score_adj(pid, req.oom_score_adj);
+    Ok((pid, log, stdin_keep, out_rd, err_rd))
+}
+
+/// Writes `value` (never below the keeper's own score) to the init's `oom_score_adj`.
+fn set_oom_score_adj(pid: i32, value: i64) {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    let value = value.clamp(own, 1000);
+    if value == own {
+        return;
+    }
+    if let Err(error) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), value.to_string()) {
+        tracing::warn!(pid, value, %error, "cannot set oom_score_adj");
+    }
+}
+
+fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>) {
+    tokio::task::spawn_local(async move {
+        let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => rx,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read container output");
+                return;
+            }
+        };
+        let mut splitter = LineSplitter::new(stream);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Some(log) = &log {
+                        splitter.feed(&buf[..n], log);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::warn!(%error, "container output read failed");
+                    break;
+                }
+            }
+        }
+        if let Some(log) = &log {
+            splitter.finish(log);
+        }
+    });
+}
+
+fn start(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
+    let current = match state.borrow().containers.get(id) {
+        Some(e) => e.record.info.clone(),
+        None => return not_found(id),
+    };
+    match current.state.as_str() {
+        "created" => {}
+        "running" => return Response::Container(current),
+        other => {
+            return error(
+                "failed_precondition",
+                format!("container {id} is {other}: only a created container can start"),
+            );
+        }
+    }
+    let result = Container::load(container_root(paths, id)).and_then(|mut c| c.start());
+    let mut st = state.borrow_mut();
+    let Some(entry) = st.containers.get_mut(id) else {
+        return not_found(id);
+    };
+    match result {
+        Ok(()) => {
+            // the init may already have exited and been reaped
+            if entry.record.info.state == "created" {
+                entry.record.info.state = "running".into();
+            }
+            entry.record.info.started_at = now_ns();
+            persist(paths, &entry.record);
+            tracing::info!(id, pid = entry.record.info.pid, "container started");
+            Response::Container(entry.record.info.clone())
+        }
+        Err(e) => error("internal", format!("start container {id}: {e}")),
+    }
+}
+
+fn kill_container(id: &str, signal: i32, all: bool, state: &Shared) -> Response {
+    let st = state.borrow();
+    let Some(entry) = st.containers.get(id) else {
+        return not_found(id);
+    };
+    if entry.record.info.exit.is_some() {
+        return Response::Ok;
+    }
+    let sig = match Signal::try_from(signal) {
+        Ok(s) => s,
+        Err(_) => return error("invalid_argument", format!("bad signal {signal}")),
+    };
+    let mut pids = vec![entry.record.info.pid];
+    if all {
+        for dir in &entry.record.cgroup_dirs {
+            if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+    }
+    for pid in pids.into_iter().filter(|p| *p > 0) {
+        match kill(Pid::from_raw(pid), sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return error("internal", format!("kill {pid} of {id}: {e}")),
+        }
+    }
+    Response::Ok
+}
+
+async fn wait(id: &str, timeout_ms: u64, state: &Shared) -> Response {
+    let mut rx = match state.borrow().containers.get(id) {
+        Some(e) => e.exited.subscribe(),
+        None => return not_found(id),
+    };
+    let waiting = rx.wait_for(|exited| *exited);
+    if timeout_ms == 0 {
+        let _ = waiting.await;
+    } else {
+        let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), waiting).await;
+    }
+    match state.borrow().containers.get(id) {
+        Some(e) => Response::Container(e.record.info.clone()),
+        None => not_found(id),
+    }
+}
+
+/// Reaps every exited child: container inits get their exit recorded, exec processes are handed
+/// to their waiter, anything else (reparented orphans) is just reaped.
+fn reap(state: &Shared, paths: &KeeperPaths) {
+    loop {
+        let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(s) => s,
+            Err(Errno::EINTR) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "waitpid failed");
+                return;
+            }
+        };
+        let (pid, code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid.as_raw(), code, None),
+            WaitStatus::Signaled(pid, sig, _) => (pid.as_raw(), 128 + sig as i32, Some(sig as i32)),
+            _ => continue,
+        };
+        record_exit(state, paths, pid, code, signal);
+    }
+}
+
+fn record_exit(state: &Shared, paths: &KeeperPaths, pid: i32, code: i32, signal: Option<i32>) {
+    let mut st = state.borrow_mut();
+    if let Some(tx) = st.execs.remove(&pid) {
+        let _ = tx.send(code);
+        return;
+    }
+    let Some(entry) = st
+        .containers
+        .values_mut()
+        .find(|e| e.record.info.pid == pid && e.record.info.exit.is_none())
+    else {
+        return;
+    };
+    let oom_killed = oom_kills(&entry.record.cgroup_dirs) > 0;
+    let exit = ExitStatus {
+        code,
+        signal,
+        oom_killed,
+        finished_at: now_ns(),
+    };
+    tracing::info!(id = %entry.record.info.id, pid, code, oom_killed, "container exited");
+    entry.record.info.exit = Some(exit);
+    entry.record.info.state = "exited".into();
+    persist(paths, &entry.record);
+    let _ = entry.exited.send(true);
+}
+
+/// Containers loaded after a keeper restart are not our children: notice their end by polling.
+fn poll_adopted(state: &Shared, paths: &KeeperPaths) {
+    let gone: Vec<i32> = state
+        .borrow()
+        .containers
+        .values()
+        .filter(|e| e.adopted && e.record.info.exit.is_none() && e.record.info.pid > 0)
+        .filter(|e| !Path::new(&format!("/proc/{}", e.record.info.pid)).exists())
+        .map(|e| e.record.info.pid)
+        .collect();
+    for pid in gone {
+        // the real code went to init; 255 with the state "unknown" says so
+        record_exit(state, paths, pid, 255, None);
+        if let Some(e) = state
+            .borrow_mut()
+            .containers
+            .values_mut()
+            .find(|e| e.record.info.pid == pid)
+        {
+            e.record.info.state = "unknown".into();
+            persist(paths, &e.record);
+        }
+    }
+}
+
+/// OOM kills recorded by the container's memory cgroup (v1 `memory.oom_control`, v2
+/// `memory.events`).
+fn oom_kills(dirs: &[PathBuf]) -> u64 {
+    let mut total = 0;
+    for dir in dirs {
+        for file in ["memory.oom_control", "memory.events"] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                for line in text.lines() {
+                    if let Some(n) = line.strip_prefix("oom_kill ") {
+                        total += n.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+async fn exec(req: ExecRequest, state: &Shared, paths: &KeeperPaths) -> Response {
+    match state.borrow().containers.get(&req.id) {
+        None => return not_found(&req.id),
+        Some(e) if e.record.info.state != "running" => {
+            return error(
+                "failed_precondition",
+                format!("container {} is not running", req.id),
+            );
+        }
+        Some(_) => {}
+    }
+    if req.argv.is_empty() {
+        return error("invalid_argument", "exec needs a command");
+    }
+    let spawned = spawn_exec(&req, paths);
+    let (pid, out_rd, err_rd) = match spawned {
+        Ok(x) => x,
+        Err(message) => return error("internal", message),
+    };
+    let (tx, rx) = oneshot::channel();
+    state.borrow_mut().execs.insert(pid, tx);
+    // it may have exited before it was registered
+    reap(state, paths);
+    let out = tokio::task::spawn_local(capture(out_rd));
+    let err = tokio::task::spawn_local(capture(err_rd));
+
+    let mut timed_out = false;
+    let code = if req.timeout_ms > 0 {
+        let mut rx = rx;
+        match tokio::time::timeout(Duration::from_millis(req.timeout_ms), &mut rx).await {
+            Ok(code) => code.unwrap_or(255),
+            Err(_) => {
+                timed_out = true;
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                rx.await.unwrap_or(137)
+            }
+        }
+    } else {
+        rx.await.unwrap_or(255)
+    };
+    // output still held open by a background process is not waited for long
+    let grace = Duration::from_secs(1);
+    let stdout = tokio::time::timeout(grace, out)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let stderr = tokio::time::timeout(grace, err)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    Response::Exec(ExecResult {
+        stdout,
+        stderr,
+        exit_code: code,
+        timed_out,
+    })
+}
+
+fn spawn_exec(req: &ExecRequest, paths: &KeeperPaths) -> Result<(i32, OwnedFd, OwnedFd), String> {
+    let root = container_root(paths, &req.id);
+    let container =
+        Container::load(root.clone()).map_err(|e| format!("load container {}: {e}", req.id))?;
+    // the exec runs as the container's process does: same user, env, cwd, capabilities
+    let config_path = container.bundle().join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&config_path)
+        .map_err(|e| format!("read {}: {e}", config_path.display()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| format!("container {} has no process in its spec", req.id))?;
+    process.set_args(Some(req.argv.clone()));
+    process.set_terminal(Some(false));
+    let process_file = root.join(format!("exec-{}.json", now_ns()));
+    let text = serde_json::to_vec(&process).map_err(|e| format!("encode exec process: {e}"))?;
+    std::fs::write(&process_file, text)
+        .map_err(|e| format!("write {}: {e}", process_file.display()))?;
+
+    let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let result = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
+        .with_root_path(&paths.libcontainer_root)
+        .map_err(|e| format!("libcontainer root: {e}"))
+        .map(|b| {
+            b.with_stdin(OwnedFd::from(null))
+                .with_stdout(out_wr)
+                .with_stderr(err_wr)
+                .as_tenant()
+                .with_process(Some(&process_file))
+                .with_detach(true)
+                .build()
+        });
+    let _ = std::fs::remove_file(&process_file);
+    let pid = result?
+        .map_err(|e| format!("exec in container {}: {e}", req.id))?
+        .as_raw();
+    Ok((pid, out_rd, err_rd))
+}
+
+async fn capture(fd: OwnedFd) -> Vec<u8> {
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return Vec::new();
+    };
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_LIMIT.saturating_sub(data.len());
+                data.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    data
+}
+
+async fn delete(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
+    let running = match state.borrow().containers.get(id) {
+        None => {
+            // not ours (or already deleted): clean up leftovers idempotently
+            remove_libcontainer_state(&container_root(paths, id));
+            let _ = std::fs::remove_file(paths.records.join(format!("{id}.json")));
+            return Response::Ok;
+        }
+        Some(e) => e.record.info.exit.is_none(),
+    };
+    if running {
+        let _ = kill_container(id, Signal::SIGKILL as i32, true, state);
+        if let Response::Container(info) = wait(id, 10_000, state).await
+            && info.exit.is_none()
+        {
+            return error(
+                "internal",
+                format!("container {id} did not die after SIGKILL within 10s"),
+            );
+        }
+    }
+    remove_libcontainer_state(&container_root(paths, id));
+    let _ = std::fs::remove_file(paths.records.join(format!("{id}.json")));
+    state.borrow_mut().containers.remove(id);
+    tracing::info!(id, "container deleted");
+    Response::Ok
+}
+
+/// libcontainer's delete (kills leftovers, removes its cgroups and state dir); falls back to
+/// removing the state dir.
+fn remove_libcontainer_state(root: &Path) {
+    if !root.exists() {
+        return;
+    }
+    match Container::load(root.to_path_buf()) {
+        Ok(mut c) => {
+            if let Err(error) = c.delete(true) {
+                tracing::warn!(root = %root.display(), %error, "libcontainer delete failed");
+            }
+        }
+        Err(error) => tracing::debug!(root = %root.display(), %error, "no libcontainer state"),
+    }
+    if root.exists() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+fn persist(paths: &KeeperPaths, record: &Record) {
+    let path = paths.records.join(format!("{}.json", record.info.id));
+    let tmp = path.with_extension("json.tmp");
+    let result = serde_json::to_vec(record)
+        .map_err(std::io::Error::other)
+        .and_then(|data| std::fs::write(&tmp, data))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(error) = result {
+        tracing::error!(path = %path.display(), %error, "cannot persist container record");
+    }
+}
+
+fn load_records(paths: &KeeperPaths, state: &Shared) {
+    let Ok(rd) = std::fs::read_dir(&paths.records) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let path = ent.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(data) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<Record>(&data) else {
+            tracing::warn!(path = %path.display(), "unreadable container record");
+            continue;
+        };
+        let (exited, _) = watch::channel(record.info.exit.is_some());
+        tracing::info!(id = %record.info.id, state = %record.info.state, "container record loaded");
+        state.borrow_mut().containers.insert(
+            record.info.id.clone(),
+            Entry {
+                record,
+                log: None,
+                _stdin: None,
+                exited,
+                adopted: true,
+            },
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! Containers end to end: the real daemon and keeper, a busybox image built from Debian's
+//! busybox and imported, Debian's CNI plugins; lifecycle, CRI logs, ExecSync, stop signals, and
+//! `kill -9` of the daemon while containers run. A leak check runs at the end of each test.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use unicri_e2e::cni::{Net, PLUGINS};
+use unicri_e2e::daemon::{Daemon, DaemonOpts};
+use unicri_e2e::oci::{Compression, ImageBuilder, busybox_layer};
+use unicri_proto::v1;
+
+const IMAGE: &str = "docker.io/e2e/busybox:c1";
+
+fn skip(test: &str) -> bool {
+    if Path::new(PLUGINS).join("bridge").exists() && Path::new("/bin/busybox").exists() {
+        return false;
+    }
+    eprintln!(
+        "\n******** SKIP {test}: needs {PLUGINS}/bridge and /bin/busybox (apt-get install -y containernetworking-plugins busybox) ********\n"
+    );
+    true
+}
+
+/// Starts a daemon on a fresh CNI network with the busybox image imported.
+async fn daemon_with_image(net: &Net) -> Result<Daemon> {
+    let d = Daemon::start(DaemonOpts {
+        extra_config: net.config(),
+        ..Default::default()
+    })
+    .await?;
+    let img = ImageBuilder::new()
+        .layer(busybox_layer()?.build(Compression::Gzip)?)
+        .env(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=yes"])
+        .cmd(&["sh"])
+        .build()?;
+    let tmp = tempfile::tempdir()?;
+    img.write_oci_layout(tmp.path(), IMAGE)?;
+    let out = d.cli([
+        std::ffi::OsStr::new("image"),
+        std::ffi::OsStr::new("import"),
+        tmp.path().as_os_str(),
+    ])?;
+    ensure!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(d)
+}
+
+fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, cmd: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(v1::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        envs: vec![v1::KeyValue {
+            key: "GREETING".into(),
+            value: "hi there".into(),
+        }],
+        labels: HashMap::from([("c".to_string(), name.to_string())]),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+struct Pod {
+    id: String,
+    config: v1::PodSandboxConfig,
+    log_dir: PathBuf,
+}
+
+async fn run_pod(d: &Daemon, name: &str, log_root: &Path) -> Result<Pod> {
+    let log_dir = log_root.join(name);
+    let config = pod_config(name, &log_dir);
+    let id = d
+        .runtime()
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    Ok(Pod {
+        id,
+        config,
+        log_dir,
+    })
+}
+
+async fn create(d: &Daemon, pod: &Pod, cfg: v1::ContainerConfig) -> Result<String> {
+    Ok(d.runtime()
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn start(d: &Daemon, id: &str) -> Result<()> {
+    d.runtime()
+        .start_container(v1::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn status(d: &Daemon, id: &str) -> Result<v1::ContainerStatus> {
+    d.runtime()
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no container status")
+}
+
+async fn exec(d: &Daemon, id: &str, cmd: &[&str], timeout: i64) -> Result<v1::ExecSyncResponse> {
+    Ok(d.runtime()
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Polls until the container has exited (or 20 s pass).
+async fn wait_exited(d: &Daemon, id: &str) -> Result<v1::ContainerStatus> {
+    for _ in 0..200 {
+        let st = status(d, id).await?;
+        if st.state == v1::ContainerState::ContainerExited as i32 {
+            return Ok(st);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("container {id} did not exit within 20 s")
+}
+
+/// The log file's records as (stream, tag, text); checks the timestamp of each.
+fn log_records(path: &Path) -> Result<Vec<(String, String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut out = vec![];
+    for line in text.lines() {
+        let mut it = line.splitn(4, ' ');
+        let (Some(ts), Some(stream), Some(tag)) = (it.next(), it.next(), it.next()) else {
+            bail!("malformed log line {line:?}");
+        };
+        ensure!(
+            ts.len() >= 20 && ts.ends_with('Z') && ts.contains('T'),
+            "timestamp {ts:?} in {line:?}"
+        );
+        out.push((
+            stream.to_string(),
+            tag.to_string(),
+            it.next().unwrap_or_default().to_string(),
+        ));
+    }
+    Ok(out)
+}
+
+async fn remove_pod(d: &Daemon, id: &str) -> Result<()> {
+    let mut rt = d.runtime();
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
+    if skip("container_lifecycle_logs_exec_and_stop") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let d = daemon_with_image(&net).await?;
+    let logs = tempfile::tempdir()?;
+    let pod = run_pod(&d, "life", logs.path()).await?;
+    let mut rt = d.runtime();
+
+    // a container that logs to both streams and then waits
+    let id = create(
+        &d,
+        &pod,
+        container_config(
+            "app",
+            &[
+                "sh",
+                "-c",
+                "echo \"$GREETING $FROM_IMAGE\"; echo oops >&2; printf partial; sleep 1000",
+            ],
+        ),
+    )
+    .await?;
+    ensure!(id.len() == 64, "id {id}");
+    let st = status(&d, &id).await?;
+    ensure!(
+        st.state == v1::ContainerState::ContainerCreated as i32,
+        "{st:?}"
+    );
+    ensure!(st.log_path == pod.log_dir.join("app/0.log").display().to_string());
+    ensure!(st.image.as_ref().map(|i| i.image.as_str()) == Some(IMAGE));
+
+    // the same name and attempt again is refused, and leaves nothing
+    let err = rt
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(container_config("app", &["true"])),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await
+        .expect_err("duplicate name");
+    ensure!(err.code() == tonic::Code::AlreadyExists, "{err:?}");
+    // bad input gets clear codes
+    let err = rt
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: "f".repeat(64),
+            config: Some(container_config("x", &["true"])),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("unknown pod");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    let mut no_image = container_config("y", &["true"]);
+    no_image.image = Some(v1::ImageSpec {
+        image: "docker.io/e2e/absent:v1".into(),
+        ..Default::default()
+    });
+    let err = rt
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(no_image),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("image not present");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    ensure!(
+        std::fs::read_dir(d.root.join("containers"))?.count() == 1,
+        "a refused create left a container dir"
+    );
+
+    start(&d, &id).await?;
+    let st = status(&d, &id).await?;
+    ensure!(
+        st.state == v1::ContainerState::ContainerRunning as i32,
+        "{st:?}"
+    );
+    ensure!(st.started_at >= st.created_at && st.started_at > 0);
+    let err = rt
+        .start_container(v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("start twice");
+    ensure!(err.code() == tonic::Code::FailedPrecondition, "{err:?}");
+
+    // ExecSync: output, exit code, the container's env and hostname
+    let r = exec(
+        &d,
+        &id,
+        &["sh", "-c", "echo $GREETING; hostname; exit 3"],
+        10,
+    )
+    .await?;
+    ensure!(r.exit_code == 3, "{r:?}");
+    ensure!(
+        String::from_utf8_lossy(&r.stdout) == "hi there\nlife\n",
+        "exec stdout {:?}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    let r = exec(&d, &id, &["sh", "-c", "echo bad >&2"], 0).await?;
+    ensure!(r.exit_code == 0 && r.stderr == b"bad\n", "{r:?}");
+    // timeout: the command is killed and the call fails
+    let err = rt
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "4321".into()],
+            timeout: 1,
+        })
+        .await
+        .expect_err("exec timeout");
+    ensure!(err.code() == tonic::Code::DeadlineExceeded, "{err:?}");
+    let r = exec(
+        &d,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "ps | grep -v grep | grep -c 'sleep 4321' || true",
+        ],
+        10,
+    )
+    .await?;
+    ensure!(
+        String::from_utf8_lossy(&r.stdout).trim() == "0",
+        "timed-out exec still runs: {r:?}"
+    );
+
+    // logs in kubelet's format
+    let log = pod.log_dir.join("app/0.log");
+    let recs = log_records(&log)?;
+    ensure!(
+        recs.contains(&("stdout".into(), "F".into(), "hi there yes".into())),
+        "{recs:?}"
+    );
+    ensure!(
+        recs.contains(&("stderr".into(), "F".into(), "oops".into())),
+        "{recs:?}"
+    );
+
+    // rotation: rename, reopen, new lines go to the new file
+    std::fs::rename(&log, pod.log_dir.join("app/0.log.1"))?;
+    rt.reopen_container_log(v1::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    ensure!(log.exists(), "reopen did not create a new log file");
+
+    // list with filters
+    let all = rt
+        .list_containers(v1::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(all.len() == 1 && all[0].id == id && all[0].pod_sandbox_id == pod.id);
+    let none = rt
+        .list_containers(v1::ListContainersRequest {
+            filter: Some(v1::ContainerFilter {
+                state: Some(v1::ContainerStateValue {
+                    state: v1::ContainerState::ContainerExited as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(none.is_empty(), "{none:?}");
+
+    // stop: SIGTERM is ignored by sh as PID 1 with a child... SIGKILL after the timeout
+    rt.stop_container(v1::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 1,
+    })
+    .await?;
+    let st = status(&d, &id).await?;
+    ensure!(
+        st.state == v1::ContainerState::ContainerExited as i32,
+        "{st:?}"
+    );
+    ensure!(st.exit_code == 137 && st.reason == "Error", "{st:?}");
+    ensure!(st.finished_at >= st.started_at);
+    // stop again, and stop of an unknown id, are fine
+    rt.stop_container(v1::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await?;
+    rt.stop_container(v1::StopContainerRequest {
+        container_id: "e".repeat(64),
+        timeout: 0,
+    })
+    .await?;
+    let err = rt
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
+        .await
+        .expect_err("exec in exited");
+    ensure!(err.code() == tonic::Code::FailedPrecondition, "{err:?}");
+
+    // a container that ends by itself: Completed / Error with its code
+    let done = create(&d, &pod, container_config("done", &["sh", "-c", "exit 0"])).await?;
+    start(&d, &done).await?;
+    let st = wait_exited(&d, &done).await?;
+    ensure!(st.exit_code == 0 && st.reason == "Completed", "{st:?}");
+    let failed = create(
+        &d,
+        &pod,
+        container_config("failed", &["sh", "-c", "exit 7"]),
+    )
+    .await?;
+    start(&d, &failed).await?;
+    let st = wait_exited(&d, &failed).await?;
+    ensure!(st.exit_code == 7 && st.reason == "Error", "{st:?}");
+
+    // remove: twice, and unknown ids; then NotFound
+    for cid in [&id, &id, &done] {
+        rt.remove_container(v1::RemoveContainerRequest {
+            container_id: cid.to_string(),
+        })
+        .await?;
+    }
+    let err = rt
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("removed");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    // the pod's removal takes its remaining container with it
+    remove_pod(&d, &pod.id).await?;
+    ensure!(
+        std::fs::read_dir(d.root.join("containers"))?.count() == 0,
+        "container dirs left"
+    );
+    d.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
+    if skip("containers_survive_kill_9_of_the_daemon") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let mut d = daemon_with_image(&net).await?;
+    let logs = tempfile::tempdir()?;
+    let pod = run_pod(&d, "restart", logs.path()).await?;
+
+    let ticker = create(
+        &d,
+        &pod,
+        container_config(
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+            ],
+        ),
+    )
+    .await?;
+    let ender = create(
+        &d,
+        &pod,
+        container_config("ender", &["sh", "-c", "sleep 2; exit 42"]),
+    )
+    .await?;
+    start(&d, &ticker).await?;
+    start(&d, &ender).await?;
+    let before = status(&d, &ticker).await?;
+    let log = pod.log_dir.join("ticker/0.log");
+
+    d.kill9();
+    let lines_at_kill = log_records(&log)?.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lines_while_down = log_records(&log)?.len();
+    ensure!(
+        lines_while_down > lines_at_kill + 5,
+        "log lines did not keep arriving while the daemon was down ({lines_at_kill} → {lines_while_down})"
+    );
+    d.restart().await?;
+
+    let after = status(&d, &ticker).await?;
+    ensure!(
+        after.state == v1::ContainerState::ContainerRunning as i32,
+        "{after:?}"
+    );
+    ensure!(
+        after.created_at == before.created_at && after.started_at == before.started_at,
+        "times changed across the restart"
+    );
+    let st = status(&d, &ender).await?;
+    ensure!(
+        st.state == v1::ContainerState::ContainerExited as i32 && st.exit_code == 42,
+        "exit while the daemon was down: {st:?}"
+    );
+    let r = exec(&d, &ticker, &["echo", "still here"], 10).await?;
+    ensure!(r.stdout == b"still here\n", "{r:?}");
+    let listed = d
+        .runtime()
+        .list_containers(v1::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.len() == 2, "{listed:?}");
+
+    remove_pod(&d, &pod.id).await?;
+    d.finish().await
+}
