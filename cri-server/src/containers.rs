@@ -16,6 +16,7 @@ use unicri_runtime_linux::keeper::KeeperClient;
 use unicri_runtime_linux::keeper::proto::{ContainerInfo, CreateRequest, ExecRequest, ExecResult};
 use unicri_sandbox::ErrorKind;
 use unicri_sandbox::container::{ContainerSpec, ContainerState};
+use unicri_sandbox::pod::PidMode;
 use unicri_storage::{ContainerRow, Store};
 
 use crate::container_spec;
@@ -69,20 +70,19 @@ pub struct Containers {
 }
 
 impl Containers {
-    /// Containers under `<root>/containers`, run by the keeper in `<state>/keeper`.
+    /// Containers under `<root>/containers`, run by `keeper`.
     pub fn new(
         root: &Path,
-        state: &Path,
         store: Store,
         images: Arc<Images>,
         pods: Arc<Pods>,
-        exe: PathBuf,
+        keeper: KeeperClient,
     ) -> Self {
         Self {
             store,
             images,
             pods,
-            keeper: KeeperClient::new(state.join("keeper"), exe, 2000),
+            keeper,
             dir: root.join("containers"),
             lock: tokio::sync::Mutex::new(()),
         }
@@ -304,6 +304,7 @@ impl Containers {
             .map_err(|e| internal("mount rootfs", e))?
             .map_err(|e| mount_err("mount container rootfs", e))?;
 
+        let pid_ns = self.pid_namespace(pod, spec).await?;
         let (s, ic, ps, lp, netns, rootfs, cg) = (
             spec.clone(),
             image_config.clone(),
@@ -323,7 +324,7 @@ impl Containers {
                 netns: netns.as_deref(),
                 rootfs: &rootfs,
                 cgroups_path: cg,
-                pid_ns: None,
+                pid_ns: pid_ns.as_deref(),
             };
             let mut built = unicri_runtime_linux::spec::build(&inputs)?;
             if let Some(p) = built.spec.process().clone() {
@@ -377,6 +378,7 @@ impl Containers {
             })
             .await
             .map_err(|e| CriError::from_classified("create container", &e))?;
+        crate::crashpoint::crashpoint("create_container:before_record");
         let row = ContainerRow {
             id: id.to_string(),
             pod_id: pod.row.id.clone(),
@@ -403,6 +405,48 @@ impl Containers {
         Ok(())
     }
 
+    /// The PID namespace a container joins: the pod init's (POD) or the target container's
+    /// (TARGET); `None` for a namespace of its own or the node's.
+    async fn pid_namespace(
+        &self,
+        pod: &StoredPod,
+        spec: &ContainerSpec,
+    ) -> Result<Option<PathBuf>, CriError> {
+        match &spec.security.pid {
+            PidMode::Pod => {
+                let pid = pod.state.pid_init.ok_or_else(|| {
+                    CriError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "pod sandbox {} has no shared PID namespace (its init is not running)",
+                            pod.row.id
+                        ),
+                    )
+                })?;
+                Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))))
+            }
+            PidMode::Target(target) => {
+                let t = self.resolve(target).await?.ok_or_else(|| {
+                    CriError::not_found(format!("target container {target} not found"))
+                })?;
+                let info = self
+                    .keeper
+                    .state(&t.row.id)
+                    .await
+                    .map_err(|e| CriError::from_classified("ask the keeper", &e))?
+                    .filter(|i| i.exit.is_none() && i.pid > 0)
+                    .ok_or_else(|| {
+                        CriError::new(
+                            ErrorKind::FailedPrecondition,
+                            format!("target container {target} is not running"),
+                        )
+                    })?;
+                Ok(Some(PathBuf::from(format!("/proc/{}/ns/pid", info.pid))))
+            }
+            PidMode::Container | PidMode::Node => Ok(None),
+        }
+    }
+
     /// Removes the keeper's container and the container directory. Idempotent.
     async fn destroy(&self, id: &str, dir: &Path) -> Result<(), CriError> {
         self.keeper
@@ -415,6 +459,50 @@ impl Containers {
             .await
             .map_err(|e| internal("remove rootfs", e))?
             .map_err(|e| mount_err("remove container rootfs", e))
+    }
+
+    /// Recovery of a `CreateContainer` that a crash interrupted: complete when its row was
+    /// written (the last step), otherwise remove what the keeper made and the rootfs.
+    pub async fn recover_create(&self, id: &str, payload: &str) -> Result<(), CriError> {
+        if self.store.container(id).await?.is_some() {
+            tracing::info!(container_id = %id, "interrupted CreateContainer had completed");
+            return Ok(());
+        }
+        tracing::warn!(container_id = %id, "rolling back an interrupted CreateContainer");
+        let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let dir = p["dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.join(id));
+        self.destroy(id, &dir).await
+    }
+
+    /// After a restart: the keeper's containers and pod inits that no row owns are removed
+    /// (their operation was rolled back or never recorded).
+    pub async fn reconcile_keeper(&self) -> Result<(), CriError> {
+        let infos = self
+            .keeper
+            .list()
+            .await
+            .map_err(|e| CriError::from_classified("ask the keeper", &e))?;
+        for info in infos {
+            let owned = match info.id.strip_prefix("pod-") {
+                Some(pod_id) => self
+                    .pods
+                    .resolve(pod_id)
+                    .await?
+                    .is_some_and(|p| p.state.pid_init.is_some()),
+                None => self.store.container(&info.id).await?.is_some(),
+            };
+            if !owned {
+                tracing::warn!(id = %info.id, "removing a keeper record nothing owns");
+                self.keeper
+                    .delete(&info.id)
+                    .await
+                    .map_err(|e| CriError::from_classified("delete orphan", &e))?;
+            }
+        }
+        Ok(())
     }
 
     /// `StartContainer`.

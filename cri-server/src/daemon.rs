@@ -112,6 +112,9 @@ async fn shutdown_signal() {
 }
 
 /// Runs the daemon until a shutdown signal.
+/// The keeper exits this long after its last container (and pod init) is gone.
+const KEEPER_IDLE_EXIT_MS: u64 = 2000;
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     make_dir(&cfg.root, 0o711)?;
     make_dir(&cfg.state, 0o711)?;
@@ -141,16 +144,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let max_msg = cfg.grpc.max_recv_message_size;
     let address = cfg.grpc.address.clone();
     let config = Arc::new(cfg);
-    let pods = Arc::new(crate::pods::Pods::new(config.clone(), store.clone()));
     let exe = std::env::current_exe().context("find the unicri binary")?;
+    let keeper = unicri_runtime_linux::keeper::KeeperClient::new(
+        config.state.join("keeper"),
+        exe,
+        KEEPER_IDLE_EXIT_MS,
+    );
+    let pods = Arc::new(crate::pods::Pods::new(
+        config.clone(),
+        store.clone(),
+        keeper.clone(),
+    ));
     let containers = Arc::new(crate::containers::Containers::new(
         &config.root,
-        &config.state,
         store.clone(),
         images.clone(),
         pods.clone(),
-        exe,
+        keeper,
     ));
+    crate::recover::recover(&store, &pods, &containers)
+        .await
+        .map_err(|e| anyhow::anyhow!("recover: {}", e.message))?;
     let cri = Arc::new(Cri {
         config,
         images,

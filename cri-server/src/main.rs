@@ -5,12 +5,14 @@ mod cli;
 mod config;
 mod container_spec;
 mod containers;
+mod crashpoint;
 mod daemon;
 mod deadline;
 mod error;
 mod images;
 mod instrument;
 mod pods;
+mod recover;
 mod rpc;
 mod server;
 

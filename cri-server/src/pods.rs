@@ -40,6 +40,10 @@ pub struct PodBackendState {
     pub ips: Vec<String>,
     /// The pod's cgroup path.
     pub cgroup_parent: String,
+    /// Pid of the pod's init when it shares one PID namespace (held by the keeper as
+    /// `pod-<id>`); containers join `/proc/<pid>/ns/pid`.
+    #[serde(default)]
+    pub pid_init: Option<i32>,
 }
 
 /// A stored pod with its decoded config and state.
@@ -60,7 +64,13 @@ pub struct Pods {
     config: Arc<Config>,
     pods_dir: PathBuf,
     netns_dir: PathBuf,
+    keeper: unicri_runtime_linux::keeper::KeeperClient,
     lock: tokio::sync::Mutex<()>,
+}
+
+/// The keeper's record id of a pod's init.
+pub fn pod_init_id(pod_id: &str) -> String {
+    format!("pod-{pod_id}")
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
@@ -180,7 +190,11 @@ fn pod_network(spec: &PodSpec, netns: &Path) -> PodNetwork {
 
 impl Pods {
     /// Pod orchestration over the configured CNI directories and the state dir.
-    pub fn new(config: Arc<Config>, store: Store) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        keeper: unicri_runtime_linux::keeper::KeeperClient,
+    ) -> Self {
         let cni = Cni::new(CniOptions::new(
             config.cni.conf_dir.clone(),
             config.cni.bin_dirs.clone(),
@@ -191,6 +205,7 @@ impl Pods {
             cni,
             pods_dir: config.state.join("pods"),
             netns_dir: config.state.join("netns"),
+            keeper,
             config,
             lock: tokio::sync::Mutex::new(()),
         }
@@ -277,8 +292,15 @@ impl Pods {
             ));
         }
         let pod_dir = self.pods_dir.join(&id);
-        let payload = serde_json::json!({ "pod_dir": pod_dir, "netns": self.netns_dir.join(&id) })
-            .to_string();
+        let cgroup = unicri_runtime_linux::cgroups::pod_cgroup_path(&spec.cgroup_parent, &id)
+            .unwrap_or_default();
+        let payload = serde_json::json!({
+            "pod_dir": pod_dir,
+            "netns": self.netns_dir.join(&id),
+            "cgroup": cgroup,
+            "pid_init": spec.namespaces.pid == PidMode::Pod,
+        })
+        .to_string();
         let op = self
             .store
             .journal_begin("run_pod_sandbox", &id, &payload)
@@ -314,6 +336,14 @@ impl Pods {
             .map_err(|e| internal("create pod", e))?
             .map_err(|e| CriError::from_classified("create pod sandbox", &e))?;
         state.linux = Some(linux.clone());
+        if spec.namespaces.pid == PidMode::Pod {
+            let init = self
+                .keeper
+                .pod_init(&pod_init_id(&spec.id))
+                .await
+                .map_err(|e| CriError::from_classified("start the pod's init", &e))?;
+            state.pid_init = Some(init.pid);
+        }
         if spec.namespaces.network == NamespaceMode::Pod {
             let pin = self.netns_dir.join(&spec.id);
             let p = pin.clone();
@@ -350,6 +380,7 @@ impl Pods {
                 .map_err(|e| CriError::from_classified("write pod hosts file", &e))?;
             }
         }
+        crate::crashpoint::crashpoint("run_pod_sandbox:before_record");
         let backend_state =
             serde_json::to_string(&*state).map_err(|e| internal("encode pod state", e))?;
         let row = PodRow {
@@ -384,6 +415,11 @@ impl Pods {
         all: bool,
     ) -> Result<(), CriError> {
         let mut first_err: Option<CriError> = None;
+        if state.pid_init.is_some()
+            && let Err(e) = self.keeper.delete(&pod_init_id(&spec.id)).await
+        {
+            first_err.get_or_insert(CriError::from_classified("stop the pod's init", &e));
+        }
         if let Some(pin) = &state.netns {
             if let Err(e) = self.cni.teardown_pod(&pod_network(spec, pin)).await {
                 first_err.get_or_insert(CriError::from_classified("tear down pod network", &e));
@@ -414,6 +450,63 @@ impl Pods {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Recovery of a `RunPodSandbox` that a crash interrupted: complete when its row was
+    /// written (the last step), otherwise undo every step that may have happened — the pod's
+    /// init, CNI attachment (from the cached result), netns pin, IPC/UTS pins, shm, pod files,
+    /// and the default pod cgroup — from what the journal payload names. Idempotent.
+    pub async fn recover_run(&self, id: &str, payload: &str) -> Result<(), CriError> {
+        if self.store.pod(id).await?.is_some() {
+            tracing::info!(pod_id = %id, "interrupted RunPodSandbox had completed");
+            return Ok(());
+        }
+        tracing::warn!(pod_id = %id, "rolling back an interrupted RunPodSandbox");
+        let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+        let pod_dir = p["pod_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.pods_dir.join(id));
+        let netns = p["netns"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.netns_dir.join(id));
+        let cgroup_path = p["cgroup"].as_str().unwrap_or_default().to_string();
+        let spec = PodSpec {
+            id: id.to_string(),
+            ..PodSpec::default()
+        };
+        // only the default parent is ours to remove; kubelet owns the cgroups it passes
+        let cgroup = (cgroup_path == format!("/unicri/pod-{id}"))
+            .then(|| unicri_runtime_linux::cgroups::CgroupManager::detect().ok())
+            .flatten()
+            .map(|m| {
+                let dirs: Vec<PathBuf> = m
+                    .roots()
+                    .into_iter()
+                    .map(|r| r.join(cgroup_path.trim_start_matches('/')))
+                    .filter(|d| d.exists())
+                    .collect();
+                unicri_runtime_linux::cgroups::CgroupState {
+                    path: cgroup_path.clone(),
+                    created: dirs.clone(),
+                    dirs,
+                }
+            });
+        let state = PodBackendState {
+            linux: Some(PodState {
+                ipc_pin: Some(pod_dir.join("ns/ipc")),
+                uts_pin: Some(pod_dir.join("ns/uts")),
+                shm: Some(pod_dir.join("shm")),
+                pod_dir,
+                cgroup,
+                ..PodState::default()
+            }),
+            netns: netns.exists().then_some(netns),
+            pid_init: p["pid_init"].as_bool().unwrap_or(true).then_some(0),
+            ..PodBackendState::default()
+        };
+        self.teardown(&spec, &state, true).await
     }
 
     /// At shutdown: when no pod is left, unmounts the self bind mounts that make the pin
@@ -452,6 +545,7 @@ impl Pods {
         self.teardown(&spec, &pod.state, false).await?;
         let state = PodBackendState {
             netns: None,
+            pid_init: None,
             ..pod.state
         };
         let json = serde_json::to_string(&state).map_err(|e| internal("encode pod state", e))?;

@@ -48,6 +48,8 @@ pub struct DaemonOpts {
     pub extra_config: String,
     /// `--log-level` (default `debug`).
     pub log_level: Option<String>,
+    /// Extra environment of the daemon process (e.g. `UNICRI_CRASH_AT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonOpts {
@@ -283,6 +285,27 @@ impl Daemon {
         self.wait_socket().await
     }
 
+    /// Replaces the environment extras used by the next [`Daemon::restart`].
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.opts.env = env;
+    }
+
+    /// Waits (up to 10 s) for the daemon process to end by itself (e.g. at a crash point).
+    pub fn wait_exit(&mut self) -> Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("daemon not running")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("daemon did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
     }
@@ -427,6 +450,7 @@ fn spawn(
         .arg(socket)
         .arg("--log-level")
         .arg(opts.log_level.as_deref().unwrap_or("debug"))
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -517,3 +517,121 @@ async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
     remove_pod(&d, &pod.id).await?;
     d.finish().await
 }
+
+/// `kill -9` (an abort at a crash point) in the middle of RunPodSandbox and of CreateContainer:
+/// after the restart the half-made pod and container are gone — no mounts, netns, veth, keeper
+/// record or row — and kubelet's retry of the same pod and container succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_run_pod_and_create_container_rolls_back() -> Result<()> {
+    if skip("crash_mid_run_pod_and_create_container_rolls_back") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let mut d = daemon_with_image(&net).await?;
+    let logs = tempfile::tempdir()?;
+    let mounts_before = unicri_e2e::leaks::mounts_under(&d.state).len();
+
+    // RunPodSandbox dies after CNI ADD, before its record
+    d.set_env(vec![(
+        "UNICRI_CRASH_AT".into(),
+        "run_pod_sandbox:before_record".into(),
+    )]);
+    d.kill9();
+    d.restart().await?;
+    let cfg = pod_config("crashpod", &logs.path().join("crashpod"));
+    let err = d
+        .runtime()
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("the daemon aborts mid-way");
+    ensure!(err.code() != tonic::Code::Ok);
+    d.wait_exit()?;
+    ensure!(
+        net.veths_on_bridge() == 1,
+        "CNI ADD had happened before the crash"
+    );
+    d.set_env(vec![]);
+    d.restart().await?;
+    ensure!(net.veths_on_bridge() == 0, "recovery left the veth");
+    ensure!(
+        std::fs::read_dir(d.state.join("pods"))?.count() == 0,
+        "recovery left the pod dir"
+    );
+    ensure!(
+        std::fs::read_dir(d.state.join("netns"))?.count() == 0,
+        "recovery left the netns pin"
+    );
+    let left = unicri_e2e::leaks::mounts_under(&d.state);
+    ensure!(
+        left.len() <= mounts_before + 2,
+        "recovery left mounts: {left:?}"
+    );
+    // kubelet's retry of the very same pod works
+    let id = d
+        .runtime()
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = Pod {
+        id,
+        config: cfg,
+        log_dir: logs.path().join("crashpod"),
+    };
+
+    // CreateContainer dies after the keeper made the container, before its record
+    d.set_env(vec![(
+        "UNICRI_CRASH_AT".into(),
+        "create_container:before_record".into(),
+    )]);
+    d.kill9();
+    d.restart().await?;
+    let err = d
+        .runtime()
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(container_config("app", &["sleep", "1000"])),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await
+        .expect_err("the daemon aborts mid-way");
+    ensure!(err.code() != tonic::Code::Ok);
+    d.wait_exit()?;
+    ensure!(
+        std::fs::read_dir(d.root.join("containers"))?.count() == 1,
+        "the container dir existed at the crash"
+    );
+    d.set_env(vec![]);
+    d.restart().await?;
+    ensure!(
+        std::fs::read_dir(d.root.join("containers"))?.count() == 0,
+        "recovery left the container dir"
+    );
+    ensure!(
+        unicri_e2e::leaks::mounts_under(&d.root).is_empty(),
+        "recovery left the rootfs mounted"
+    );
+    // the retry works and the container runs
+    let cid = create(&d, &pod, container_config("app", &["sleep", "1000"])).await?;
+    start(&d, &cid).await?;
+    let st = status(&d, &cid).await?;
+    ensure!(
+        st.state == v1::ContainerState::ContainerRunning as i32,
+        "{st:?}"
+    );
+    let listed = d
+        .runtime()
+        .list_containers(v1::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.len() == 1, "{listed:?}");
+    remove_pod(&d, &pod.id).await?;
+    d.finish().await
+}

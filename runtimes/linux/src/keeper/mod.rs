@@ -4,9 +4,11 @@
 //! * [`server`]: the keeper process itself (`unicri keeper`).
 //! * [`proto`]: its request/response protocol.
 //! * [`logs`]: the CRI log file writer.
+//! * [`podinit`]: the minimal PID 1 of a pod with a shared PID namespace.
 //! * [`KeeperClient`]: the daemon's side; it starts a keeper when none answers.
 
 pub mod logs;
+pub mod podinit;
 pub mod proto;
 pub mod server;
 
@@ -225,6 +227,12 @@ impl KeeperClient {
         expect_container(&op, self.call(&op, Duration::ZERO).await?)
     }
 
+    /// Starts (or finds) the init of a pod with a shared PID namespace.
+    pub async fn pod_init(&self, id: &str) -> Result<ContainerInfo, LinuxError> {
+        let op = Request::PodInit { id: id.into() };
+        expect_container(&op, self.call(&op, Duration::ZERO).await?)
+    }
+
     /// Start.
     pub async fn start(&self, id: &str) -> Result<ContainerInfo, LinuxError> {
         let op = Request::Start { id: id.into() };
@@ -340,6 +348,7 @@ fn op_name(req: &Request) -> &'static str {
     match req {
         Request::Ping => "ping",
         Request::Create(_) => "create",
+        Request::PodInit { .. } => "pod_init",
         Request::Start { .. } => "start",
         Request::Kill { .. } => "kill",
         Request::State { .. } => "state",

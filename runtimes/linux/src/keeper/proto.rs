@@ -18,6 +18,12 @@ pub enum Request {
     /// Create the container from `bundle/config.json` (libcontainer "create": the init waits for
     /// `Start`). Creating an id the keeper already has answers with its current info.
     Create(CreateRequest),
+    /// Start the minimal init of a pod with a shared PID namespace (see `podinit`); it is held
+    /// like a running container under `id` and ended by [`Request::Delete`]. Idempotent.
+    PodInit {
+        /// Record id (`pod-<pod id>`).
+        id: String,
+    },
     /// Start a created container.
     Start {
         /// Container id.

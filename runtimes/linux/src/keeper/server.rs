@@ -195,6 +195,7 @@ async fn dispatch(req: Request, state: &Shared, paths: &KeeperPaths) -> Response
             pid: std::process::id() as i32,
         },
         Request::Create(c) => create(c, state, paths),
+        Request::PodInit { id } => pod_init(&id, state, paths),
         Request::Start { id } => start(&id, state, paths),
         Request::Kill { id, signal, all } => kill_container(&id, signal, all, state),
         Request::State { id } => match state.borrow().containers.get(&id) {
@@ -371,6 +372,45 @@ fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>) {
             splitter.finish(log);
         }
     });
+}
+
+fn pod_init(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
+    if let Some(e) = state.borrow().containers.get(id) {
+        return Response::Container(e.record.info.clone());
+    }
+    match super::podinit::spawn() {
+        Ok(pid) => {
+            let now = now_ns();
+            let info = ContainerInfo {
+                id: id.to_string(),
+                pid,
+                state: "running".into(),
+                created_at: now,
+                started_at: now,
+                exit: None,
+                log_path: None,
+            };
+            let record = Record {
+                info: info.clone(),
+                ..Record::default()
+            };
+            persist(paths, &record);
+            let (exited, _) = watch::channel(false);
+            state.borrow_mut().containers.insert(
+                id.to_string(),
+                Entry {
+                    record,
+                    log: None,
+                    _stdin: None,
+                    exited,
+                    adopted: false,
+                },
+            );
+            tracing::info!(id, pid, "pod init started");
+            Response::Container(info)
+        }
+        Err(e) => error("internal", format!("start pod init {id}: {e}")),
+    }
 }
 
 fn start(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
@@ -630,11 +670,15 @@ fn spawn_exec(req: &ExecRequest, paths: &KeeperPaths) -> Result<(i32, OwnedFd, O
     let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let executor = SeccompExecutor {
+        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+    };
     let result = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
         .with_root_path(&paths.libcontainer_root)
         .map_err(|e| format!("libcontainer root: {e}"))
         .map(|b| {
-            b.with_stdin(OwnedFd::from(null))
+            b.with_executor(executor)
+                .with_stdin(OwnedFd::from(null))
                 .with_stdout(out_wr)
                 .with_stderr(err_wr)
                 .as_tenant()
@@ -647,6 +691,39 @@ fn spawn_exec(req: &ExecRequest, paths: &KeeperPaths) -> Result<(i32, OwnedFd, O
         .map_err(|e| format!("exec in container {}: {e}", req.id))?
         .as_raw();
     Ok((pid, out_rd, err_rd))
+}
+
+/// Runs an exec'd command under the container's seccomp filter. libcontainer 0.7 drops the
+/// filter from the spec of a process joining a running container (runc applies it), so the
+/// executor loads it right before `execve`. Capabilities are already dropped by then, so the
+/// filter is loaded with `no_new_privs` set (it is a privileged operation otherwise).
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl libcontainer::workload::Executor for SeccompExecutor {
+    fn exec(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        if let Some(seccomp) = &self.seccomp {
+            nix::sys::prctl::set_no_new_privs().map_err(|e| {
+                libcontainer::workload::ExecutorError::Other(format!("set no_new_privs: {e}"))
+            })?;
+            libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|e| {
+                libcontainer::workload::ExecutorError::Other(format!("load seccomp filter: {e}"))
+            })?;
+        }
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
 }
 
 async fn capture(fd: OwnedFd) -> Vec<u8> {

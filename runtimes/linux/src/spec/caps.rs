@@ -98,6 +98,44 @@ pub fn all_capabilities(last_cap: Option<u8>) -> Capabilities {
         .collect()
 }
 
+/// The bounding set of this process (`CapBnd` in `/proc/self/status`): a container can never
+/// get a capability outside it (on some hosts even root lacks some, e.g. `CAP_SYS_RESOURCE`).
+pub fn host_bounding() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Removes from every set the capabilities whose bit is not in `mask`.
+pub fn restrict(caps: &mut LinuxCapabilities, mask: u64) {
+    let keep = |set: &Option<Capabilities>| -> Option<Capabilities> {
+        set.as_ref().map(|s| {
+            s.iter()
+                .copied()
+                .filter(|c| {
+                    ALL.iter()
+                        .find(|(_, _, x)| x == c)
+                        .is_some_and(|(n, _, _)| mask & (1u64 << n) != 0)
+                })
+                .collect()
+        })
+    };
+    let (b, e, p, i, a) = (
+        keep(caps.bounding()),
+        keep(caps.effective()),
+        keep(caps.permitted()),
+        keep(caps.inheritable()),
+        keep(caps.ambient()),
+    );
+    caps.set_bounding(b);
+    caps.set_effective(e);
+    caps.set_permitted(p);
+    caps.set_inheritable(i);
+    caps.set_ambient(a);
+}
+
 fn is_all(name: &str) -> bool {
     name.trim().eq_ignore_ascii_case("ALL")
 }
@@ -237,6 +275,27 @@ mod tests {
             capabilities_drop: vec!["ALL".into()],
             ..SecuritySpec::default()
         };
+        let mut r = compute(&sec(&["ALL"], &[]), &all_capabilities(None)).expect("all");
+        // CAP_SYS_RESOURCE (24) missing from the mask: it goes from every set
+        restrict(&mut r, !(1u64 << 24));
+        assert!(
+            !r.bounding()
+                .clone()
+                .unwrap_or_default()
+                .contains(&Capability::SysResource)
+        );
+        assert!(
+            r.bounding()
+                .clone()
+                .unwrap_or_default()
+                .contains(&Capability::SysAdmin)
+        );
+        assert!(
+            !r.effective()
+                .clone()
+                .unwrap_or_default()
+                .contains(&Capability::SysResource)
+        );
         let all = all_capabilities(Some(40));
         let c = compute(&s, &all).expect("privileged");
         assert_eq!(c.bounding().as_ref(), Some(&all));

@@ -107,6 +107,8 @@ pub struct HostInfo {
     pub swap: bool,
     /// Highest capability number the kernel knows (`None`: all oci-spec knows).
     pub last_cap: Option<u8>,
+    /// This process's bounding set; no container gets a capability outside it.
+    pub bounding: Option<u64>,
     /// Architecture and kernel, for seccomp profile conditions.
     pub seccomp: seccomp::Target,
 }
@@ -133,6 +135,7 @@ impl HostInfo {
             apparmor,
             swap,
             last_cap: caps::host_last_cap(),
+            bounding: caps::host_bounding(),
             seccomp: seccomp::Target::host(),
         }
     }
@@ -165,7 +168,10 @@ pub fn build_with(inputs: &SpecInputs<'_>, host: &HostInfo) -> Result<BuiltSpec,
     };
 
     let all_caps = caps::all_capabilities(host.last_cap);
-    let capabilities = caps::compute(sec, &all_caps)?;
+    let mut capabilities = caps::compute(sec, &all_caps)?;
+    if let Some(mask) = host.bounding {
+        caps::restrict(&mut capabilities, mask);
+    }
     let bounding: Capabilities = capabilities.bounding().clone().unwrap_or_default();
 
     let mut u = User::default();
@@ -181,7 +187,10 @@ pub fn build_with(inputs: &SpecInputs<'_>, host: &HostInfo) -> Result<BuiltSpec,
     process.set_cwd(cwd);
     process.set_capabilities(Some(capabilities));
     process.set_rlimits(None);
-    process.set_no_new_privileges(Some(sec.no_new_privs));
+    // `Some(false)` must not be written: libcontainer 0.7 loads seccomp *after* dropping
+    // capabilities whenever the field is present, which fails without no_new_privs (seccomp is
+    // then a privileged operation); absent, it loads the filter while it still has them.
+    process.set_no_new_privileges(sec.no_new_privs.then_some(true));
     process.set_oom_score_adj(None);
     process.set_apparmor_profile(apparmor_profile(sec, host));
 

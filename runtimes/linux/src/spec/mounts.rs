@@ -285,12 +285,14 @@ pub fn build(inputs: &SpecInputs<'_>) -> Result<(Vec<Mount>, Option<String>), Li
         .collect();
     extra.append(&mut user);
     extra.sort_by_key(|(dest, _)| dest.components().count());
+    // rootfsPropagation takes the OCI names (`shared`, `slave`); libcontainer 0.7 refuses the
+    // recursive spellings runc also accepts
     let mut propagation = None;
     for m in &inputs.container.mounts {
         match m.propagation {
-            Propagation::Bidirectional => propagation = Some("rshared".to_string()),
+            Propagation::Bidirectional => propagation = Some("shared".to_string()),
             Propagation::HostToContainer if propagation.is_none() => {
-                propagation = Some("rslave".to_string())
+                propagation = Some("slave".to_string())
             }
             _ => {}
         }

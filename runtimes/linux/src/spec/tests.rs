@@ -88,6 +88,7 @@ fn host() -> HostInfo {
         apparmor: false,
         swap: true,
         last_cap: Some(40),
+        bounding: None,
         seccomp: seccomp::Target {
             scmp_arch: "SCMP_ARCH_X86_64".into(),
             go_arch: "amd64".into(),
@@ -360,7 +361,7 @@ fn user_mounts_replace_defaults_and_set_propagation() {
                 "built although not shared (root shared: {root_shared})"
             );
             let linux = b.spec.linux().as_ref().expect("linux");
-            assert_eq!(linux.rootfs_propagation().as_deref(), Some("rshared"));
+            assert_eq!(linux.rootfs_propagation().as_deref(), Some("shared"));
             let m = mount_at(&b.spec, "/data");
             assert!(
                 m.options()
