@@ -21,7 +21,7 @@ apt_install() {
 }
 
 # Packages to build and run the daemon.
-RUNTIME_PACKAGES=(ca-certificates pkg-config libssl-dev gcc libseccomp-dev)
+RUNTIME_PACKAGES=(ca-certificates pkg-config libssl-dev gcc libseccomp-dev containernetworking-plugins iptables)
 # Extra packages for the test suite: a real registry, htpasswd, busybox for test images, CNI plugins.
 TEST_PACKAGES=(docker-registry apache2-utils busybox openssl curl procps util-linux libc-bin iproute2 containernetworking-plugins iptables)
 
@@ -35,4 +35,37 @@ need_cargo() {
         echo "unicri: cargo (Rust >= 1.88) is required; install a Rust toolchain with rustup" >&2
         exit 1
     fi
+}
+
+# Writes a bridge + host-local + portmap conflist to /etc/cni/net.d when that directory holds no
+# network config yet (an existing config is never touched).
+install_default_cni_conflist() {
+    local dir=/etc/cni/net.d
+    mkdir -p "$dir"
+    if compgen -G "$dir/*.conf" >/dev/null || compgen -G "$dir/*.conflist" >/dev/null || compgen -G "$dir/*.json" >/dev/null; then
+        return 0
+    fi
+    cat >"$dir/10-unicri.conflist" <<'JSON'
+{
+  "cniVersion": "1.0.0",
+  "name": "unicri",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "unicri0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "ranges": [[{ "subnet": "10.88.0.0/16" }]],
+        "routes": [{ "dst": "0.0.0.0/0" }]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } },
+    { "type": "bandwidth", "capabilities": { "bandwidth": true } }
+  ]
+}
+JSON
+    echo "unicri: wrote the default pod network $dir/10-unicri.conflist (bridge unicri0, 10.88.0.0/16)"
 }

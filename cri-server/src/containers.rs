@@ -505,6 +505,17 @@ impl Containers {
         Ok(())
     }
 
+    /// A container created from `image_id`, if any.
+    pub async fn image_user(&self, image_id: &str) -> Result<Option<String>, CriError> {
+        Ok(self
+            .store
+            .list_containers(None)
+            .await?
+            .into_iter()
+            .find(|c| c.image_id == image_id)
+            .map(|c| c.id))
+    }
+
     /// `StartContainer`.
     pub async fn start(&self, id: &str) -> Result<(), CriError> {
         let c = self

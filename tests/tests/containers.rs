@@ -635,3 +635,263 @@ async fn crash_mid_run_pod_and_create_container_rolls_back() -> Result<()> {
     remove_pod(&d, &pod.id).await?;
     d.finish().await
 }
+
+fn security(f: impl FnOnce(&mut v1::LinuxContainerSecurityContext)) -> v1::LinuxContainerConfig {
+    let mut sc = v1::LinuxContainerSecurityContext::default();
+    f(&mut sc);
+    v1::LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    }
+}
+
+async fn run_and_exec(
+    d: &Daemon,
+    pod: &Pod,
+    name: &str,
+    linux: v1::LinuxContainerConfig,
+    cmd: &[&str],
+) -> Result<(String, v1::ExecSyncResponse)> {
+    let mut cfg = container_config(name, &["sleep", "1000"]);
+    cfg.linux = Some(linux);
+    let id = create(d, pod, cfg).await?;
+    start(d, &id).await?;
+    let r = exec(d, &id, cmd, 10).await?;
+    Ok((id, r))
+}
+
+fn out(r: &v1::ExecSyncResponse) -> String {
+    String::from_utf8_lossy(&r.stdout).trim().to_string()
+}
+
+/// Users and groups, read-only rootfs, capabilities, seccomp, DNS, the memory limit (OOMKilled
+/// with 137), pod-to-pod traffic over the bridge and a hostPort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_limits_dns_and_networking() -> Result<()> {
+    if skip("security_limits_dns_and_networking") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let d = daemon_with_image(&net).await?;
+    let logs = tempfile::tempdir()?;
+    let mut cfg = pod_config("sec", &logs.path().join("sec"));
+    cfg.dns_config = Some(v1::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["e2e.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    cfg.port_mappings = vec![v1::PortMapping {
+        protocol: v1::Protocol::Tcp as i32,
+        container_port: 80,
+        host_port: 18781,
+        host_ip: String::new(),
+    }];
+    let id = d
+        .runtime()
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = Pod {
+        id,
+        config: cfg,
+        log_dir: logs.path().join("sec"),
+    };
+
+    // numeric user, group and supplemental groups; a user name from the image's /etc/passwd
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "uid",
+        security(|s| {
+            s.run_as_user = Some(v1::Int64Value { value: 1000 });
+            s.run_as_group = Some(v1::Int64Value { value: 1001 });
+            s.supplemental_groups = vec![2000];
+        }),
+        &["id"],
+    )
+    .await?;
+    let id_out = out(&r);
+    ensure!(
+        id_out.starts_with("uid=1000 gid=1001") && id_out.contains("2000"),
+        "id: {id_out}"
+    );
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "username",
+        security(|s| s.run_as_username = "nobody".into()),
+        &["id", "-u"],
+    )
+    .await?;
+    ensure!(out(&r) == "65534", "id -u for nobody: {r:?}");
+
+    // read-only rootfs
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "ro",
+        security(|s| s.readonly_rootfs = true),
+        &["touch", "/newfile"],
+    )
+    .await?;
+    ensure!(r.exit_code != 0, "touch on a read-only rootfs: {r:?}");
+
+    // capabilities: CHOWN is in the default set; dropped, chown fails
+    let (_, r) = run_and_exec(&d, &pod, "caps", security(|_| {}), &["chown", "1", "/tmp"]).await?;
+    ensure!(r.exit_code == 0, "chown with CAP_CHOWN: {r:?}");
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "nocaps",
+        security(|s| {
+            s.capabilities = Some(v1::Capability {
+                drop_capabilities: vec!["CHOWN".into()],
+                ..Default::default()
+            })
+        }),
+        &["chown", "1", "/tmp"],
+    )
+    .await?;
+    ensure!(r.exit_code != 0, "chown without CAP_CHOWN: {r:?}");
+
+    // seccomp: a localhost profile that refuses mkdir
+    let prof_dir = tempfile::tempdir()?;
+    let profile = prof_dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )?;
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "seccomp",
+        security(|s| {
+            s.seccomp = Some(v1::SecurityProfile {
+                profile_type: v1::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: profile.display().to_string(),
+            })
+        }),
+        &["mkdir", "/tmp/d"],
+    )
+    .await?;
+    ensure!(
+        r.exit_code != 0,
+        "mkdir under a profile that blocks it: {r:?}"
+    );
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "seccomp-default",
+        security(|s| {
+            s.seccomp = Some(v1::SecurityProfile {
+                profile_type: v1::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            })
+        }),
+        &[
+            "sh",
+            "-c",
+            "mkdir /tmp/d && grep Seccomp: /proc/self/status",
+        ],
+    )
+    .await?;
+    ensure!(
+        r.exit_code == 0 && out(&r).ends_with('2'),
+        "runtime default profile: {r:?}"
+    );
+
+    // DNS from the pod config
+    let (_, r) = run_and_exec(
+        &d,
+        &pod,
+        "dns",
+        security(|_| {}),
+        &["cat", "/etc/resolv.conf"],
+    )
+    .await?;
+    let resolv = out(&r);
+    ensure!(
+        resolv.contains("nameserver 10.96.0.10")
+            && resolv.contains("search e2e.svc.cluster.local")
+            && resolv.contains("ndots:5"),
+        "resolv.conf: {resolv}"
+    );
+
+    // the memory limit: OOM-killed, reported as OOMKilled with 137
+    let mut hog = container_config("hog", &["tail", "/dev/zero"]);
+    hog.linux = Some(v1::LinuxContainerConfig {
+        resources: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create(&d, &pod, hog).await?;
+    start(&d, &hog).await?;
+    let st = wait_exited(&d, &hog).await?;
+    ensure!(
+        st.exit_code == 137 && st.reason == "OOMKilled",
+        "memory hog: {st:?}"
+    );
+
+    // pod-to-pod over the bridge, and the hostPort from the node
+    let (web, _) = run_and_exec(
+        &d,
+        &pod,
+        "web",
+        security(|_| {}),
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/www && echo hello-from-web > /tmp/www/index.html",
+        ],
+    )
+    .await?;
+    let r = exec(&d, &web, &["httpd", "-p", "80", "-h", "/tmp/www"], 10).await?;
+    ensure!(r.exit_code == 0, "httpd: {r:?}");
+    let ip = d
+        .runtime()
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    let client = run_pod(&d, "client", logs.path()).await?;
+    let (_, r) = run_and_exec(
+        &d,
+        &client,
+        "wget",
+        security(|_| {}),
+        &["wget", "-q", "-O", "-", &format!("http://{ip}/")],
+    )
+    .await?;
+    ensure!(out(&r) == "hello-from-web", "pod to pod: {r:?}");
+    // the hostPort, reached at the node's address on the bridge (the gateway): traffic from the
+    // node itself is intercepted by this machine's egress proxy, so it comes from a pod
+    let gateway = format!("{}.1", net.subnet);
+    let (_, r) = run_and_exec(
+        &d,
+        &client,
+        "hostport",
+        security(|_| {}),
+        &["wget", "-q", "-O", "-", &format!("http://{gateway}:18781/")],
+    )
+    .await?;
+    ensure!(
+        out(&r) == "hello-from-web",
+        "hostPort 18781 via {gateway}: {r:?}"
+    );
+
+    remove_pod(&d, &client.id).await?;
+    remove_pod(&d, &pod.id).await?;
+    d.finish().await
+}

@@ -1,5 +1,6 @@
 //! `RemoveImage`: by id, prefix, tag or digest; removes the image with all its names.
-//! Idempotent: an image that is already gone is not an error.
+//! Idempotent: an image that is already gone is not an error. An image a container was created
+//! from is refused (`FailedPrecondition`): its layers are that container's rootfs.
 
 use unicri_proto::v1;
 
@@ -13,6 +14,14 @@ pub(crate) async fn remove_image(
     let spec = req.image.map(|s| s.image).unwrap_or_default();
     if spec.trim().is_empty() {
         return Err(CriError::invalid("image reference is empty"));
+    }
+    if let Some(img) = cri.images.resolve(&spec).await?
+        && let Some(user) = cri.containers.image_user(&img.row.id).await?
+    {
+        return Err(CriError::new(
+            unicri_sandbox::ErrorKind::FailedPrecondition,
+            format!("image {spec} is in use by container {user}"),
+        ));
     }
     match cri.images.remove(&spec).await? {
         Some(id) => tracing::info!(image = %spec, id = %id, "removed"),

@@ -156,10 +156,22 @@ fn build(webserver: &str) -> Result<Vec<Target>> {
         .build()?;
     add(&["e2e-test-images/nonewprivs:1.3"], nnp);
 
-    // pause (registry.k8s.io/pause:3.9 and k8s.gcr.io/pause:3.9 share this path)
-    let pause = ImageBuilder::new()
-        .layer(marker_layer("pause")?)
+    // pause (registry.k8s.io/pause:3.9 and k8s.gcr.io/pause:3.9 share this path): like the real
+    // one, an executable /pause that sleeps until SIGTERM/SIGINT
+    let pause = base()
+        .layer(
+            LayerBuilder::new()
+                .file_with(
+                    "/pause",
+                    "#!/bin/sh\ntrap 'exit 0' TERM INT\nwhile :; do sleep 3600 & wait; done\n",
+                    0o755,
+                    0,
+                    0,
+                )
+                .build(Compression::Gzip)?,
+        )
         .entrypoint(&["/pause"])
+        .cmd(&[])
         .build()?;
     add(&["pause:3.9", "pause:3.10"], pause);
 

@@ -212,7 +212,15 @@ fn user_mount(
         });
     }
     let host = Path::new(&m.host_path);
-    // like containerd, bind what the symlinks point at
+    // like containerd, a missing host path is made as a directory (kubelet's hostPath volumes
+    // of type "" rely on it), and what symlinks point at is bound
+    if !host.exists() && host.symlink_metadata().is_err() {
+        std::fs::create_dir_all(host).map_err(|source| LinuxError::SpecIo {
+            op: "create missing mount host path",
+            path: host.to_path_buf(),
+            source,
+        })?;
+    }
     let source = match std::fs::canonicalize(host) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

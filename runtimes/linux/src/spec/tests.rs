@@ -380,6 +380,9 @@ fn user_mounts_replace_defaults_and_set_propagation() {
 #[test]
 fn bad_mounts_are_refused() {
     let mut f = Fixture::new();
+    let links = tempfile::tempdir().expect("tempdir");
+    let dangling = links.path().join("dangling");
+    std::os::unix::fs::symlink(links.path().join("nowhere/deeper"), &dangling).expect("symlink");
     let cases = [
         (
             MountSpec {
@@ -399,7 +402,8 @@ fn bad_mounts_are_refused() {
         (
             MountSpec {
                 container_path: "/x".into(),
-                host_path: "/does/not/exist/unicri".into(),
+                // a dangling symlink: made by nobody, resolvable by nobody
+                host_path: dangling.display().to_string(),
                 ..MountSpec::default()
             },
             "SpecNotFound",
@@ -706,4 +710,18 @@ fn spec_serializes_for_libcontainer() {
     let back: Spec = serde_json::from_value(json).expect("round trip");
     assert_eq!(back, built.spec);
     let _ = SecuritySpec::default();
+}
+
+#[test]
+fn a_missing_mount_host_path_is_made_as_a_directory() {
+    let mut f = Fixture::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = tmp.path().join("made/by/the/runtime");
+    f.container.mounts = vec![MountSpec {
+        container_path: "/data".into(),
+        host_path: host.display().to_string(),
+        ..MountSpec::default()
+    }];
+    f.build().expect("built");
+    assert!(host.is_dir());
 }
