@@ -107,6 +107,82 @@ enum Command {
         #[arg(short, long)]
         all: bool,
     },
+    /// Run a command in a new pod (pulling the image if needed), following its output; exit with
+    /// its exit code.
+    Run {
+        /// Runtime handler (default: the daemon's default).
+        #[arg(long, default_value = "")]
+        runtime: String,
+        /// Pod and container name. Default: run-<random>.
+        #[arg(long)]
+        name: Option<String>,
+        /// Remove the pod (and the log directory made for it) when the container has exited.
+        #[arg(long)]
+        rm: bool,
+        /// Environment variable KEY=VALUE (KEY alone: its value here).
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+        envs: Vec<String>,
+        /// Where the pod's log directory (<dir>/<name>) is made.
+        #[arg(long, default_value = "/var/log/unicri/run")]
+        log_dir: PathBuf,
+        /// Image reference.
+        image: String,
+        /// Command and arguments. Default: the image's.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        /// Every container, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Only this pod's (id or unique prefix).
+        #[arg(long)]
+        pod: Option<String>,
+    },
+    /// Print a container's log.
+    Logs {
+        /// Keep following until the container has exited.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Container id (or unique prefix).
+        container: String,
+    },
+    /// Run a command in a running container; exit with its exit code.
+    Exec {
+        /// Seconds before the command is killed (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        timeout: i64,
+        /// Container id (or unique prefix).
+        container: String,
+        /// Command and arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Stop containers.
+    Stop {
+        /// Seconds between the stop signal and SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        timeout: i64,
+        /// Container ids (or unique prefixes).
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill running containers first.
+        #[arg(short, long)]
+        force: bool,
+        /// Container ids (or unique prefixes).
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Run the node keeper (started by the daemon; parent of every `linux` container).
     Keeper {
         /// Keeper directory (socket, records, libcontainer state).
@@ -182,6 +258,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => cli::import(ch, &path).await,
         Command::Pods { quiet } => cli::pods(ch, quiet).await,
         Command::Rmp { ids, all } => cli::rmp(ch, &ids, all).await,
+        Command::Run {
+            runtime,
+            name,
+            rm,
+            envs,
+            log_dir,
+            image,
+            command,
+        } => {
+            let opts = cli::RunOpts {
+                runtime,
+                name,
+                rm,
+                env: envs,
+                log_dir,
+                image,
+                command,
+            };
+            cli::run(ch, opts).await
+        }
+        Command::Ps { all, quiet, pod } => cli::ps(ch, all, quiet, pod.as_deref()).await,
+        Command::Logs {
+            follow,
+            tail,
+            container,
+        } => cli::logs(ch, &container, follow, tail).await,
+        Command::Exec {
+            timeout,
+            container,
+            command,
+        } => cli::exec(ch, &container, &command, timeout).await,
+        Command::Stop {
+            timeout,
+            containers,
+        } => cli::stop(ch, &containers, timeout).await,
+        Command::Rm { force, containers } => cli::rm(ch, &containers, force).await,
     }
 }
 
