@@ -67,6 +67,8 @@ pub struct Containers {
     keeper: KeeperClient,
     dir: PathBuf,
     lock: tokio::sync::Mutex<()>,
+    /// Last CPU sample per cgroup path (time ns, usage ns), for `usage_nano_cores`.
+    cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
 
 impl Containers {
@@ -85,6 +87,7 @@ impl Containers {
             keeper,
             dir: root.join("containers"),
             lock: tokio::sync::Mutex::new(()),
+            cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -503,6 +506,22 @@ impl Containers {
             }
         }
         Ok(())
+    }
+
+    /// CPU use in nano-cores since the previous sample of the same cgroup (`None` on the first).
+    pub fn nano_cores(&self, key: &str, now: i64, usage: u64) -> Option<u64> {
+        let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = samples.insert(key.to_string(), (now, usage));
+        let (t0, u0) = prev?;
+        let dt = u64::try_from(now - t0).ok().filter(|d| *d > 0)?;
+        let du = usage.checked_sub(u0)?;
+        Some(((du as u128) * 1_000_000_000 / dt as u128) as u64)
+    }
+
+    /// Forgets the CPU samples of removed cgroups.
+    pub fn forget_samples(&self, keep: &[String]) {
+        let mut samples = self.cpu_samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.retain(|k, _| keep.contains(k));
     }
 
     /// A container created from `image_id`, if any.

@@ -267,41 +267,75 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     }
     async fn container_stats(
         &self,
-        _: Request<v1::ContainerStatsRequest>,
+        req: Request<v1::ContainerStatsRequest>,
     ) -> Resp<v1::ContainerStatsResponse> {
-        not_yet!("ContainerStats", SURFACE_ISSUE)
+        rpc(
+            "ContainerStats",
+            Level::Polled,
+            r::container_stats::container_stats(self, req.into_inner()),
+        )
+        .await
     }
     async fn list_container_stats(
         &self,
-        _: Request<v1::ListContainerStatsRequest>,
+        req: Request<v1::ListContainerStatsRequest>,
     ) -> Resp<v1::ListContainerStatsResponse> {
-        not_yet!("ListContainerStats", SURFACE_ISSUE)
+        rpc(
+            "ListContainerStats",
+            Level::Polled,
+            r::list_container_stats::list_container_stats(self, req.into_inner()),
+        )
+        .await
     }
     type StreamContainerStatsStream = BoxStream<v1::StreamContainerStatsResponse>;
     async fn stream_container_stats(
         &self,
-        _: Request<v1::StreamContainerStatsRequest>,
+        req: Request<v1::StreamContainerStatsRequest>,
     ) -> Resp<Self::StreamContainerStatsStream> {
-        not_yet!("StreamContainerStats", SURFACE_ISSUE)
+        rpc("StreamContainerStats", Level::Polled, async {
+            let pages =
+                r::list_container_stats::stream_container_stats(self, req.into_inner()).await?;
+            let s: Self::StreamContainerStatsStream =
+                Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
+            Ok(s)
+        })
+        .await
     }
     async fn pod_sandbox_stats(
         &self,
-        _: Request<v1::PodSandboxStatsRequest>,
+        req: Request<v1::PodSandboxStatsRequest>,
     ) -> Resp<v1::PodSandboxStatsResponse> {
-        not_yet!("PodSandboxStats", SURFACE_ISSUE)
+        rpc(
+            "PodSandboxStats",
+            Level::Polled,
+            r::pod_sandbox_stats::pod_sandbox_stats(self, req.into_inner()),
+        )
+        .await
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<v1::ListPodSandboxStatsRequest>,
+        req: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Resp<v1::ListPodSandboxStatsResponse> {
-        not_yet!("ListPodSandboxStats", SURFACE_ISSUE)
+        rpc(
+            "ListPodSandboxStats",
+            Level::Polled,
+            r::list_pod_sandbox_stats::list_pod_sandbox_stats(self, req.into_inner()),
+        )
+        .await
     }
     type StreamPodSandboxStatsStream = BoxStream<v1::StreamPodSandboxStatsResponse>;
     async fn stream_pod_sandbox_stats(
         &self,
-        _: Request<v1::StreamPodSandboxStatsRequest>,
+        req: Request<v1::StreamPodSandboxStatsRequest>,
     ) -> Resp<Self::StreamPodSandboxStatsStream> {
-        not_yet!("StreamPodSandboxStats", SURFACE_ISSUE)
+        rpc("StreamPodSandboxStats", Level::Polled, async {
+            let pages =
+                r::list_pod_sandbox_stats::stream_pod_sandbox_stats(self, req.into_inner()).await?;
+            let s: Self::StreamPodSandboxStatsStream =
+                Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
+            Ok(s)
+        })
+        .await
     }
     async fn checkpoint_container(
         &self,

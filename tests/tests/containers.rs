@@ -332,6 +332,59 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
         "timed-out exec still runs: {r:?}"
     );
 
+    // stats from the container's cgroup and writable layer
+    let stats = rt
+        .container_stats(v1::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    let mem = stats.memory.clone().context("no memory stats")?;
+    let cpu = stats.cpu.clone().context("no cpu stats")?;
+    ensure!(mem.timestamp > 0 && cpu.timestamp > 0, "{stats:?}");
+    ensure!(
+        mem.working_set_bytes.map(|v| v.value).unwrap_or(0) > 0,
+        "working set of a running shell: {mem:?}"
+    );
+    ensure!(
+        cpu.usage_core_nano_seconds.map(|v| v.value).unwrap_or(0) > 0,
+        "cpu time of a running shell: {cpu:?}"
+    );
+    let listed = rt
+        .list_container_stats(v1::ListContainerStatsRequest {
+            filter: Some(v1::ContainerStatsFilter {
+                label_selector: HashMap::from([("c".to_string(), "app".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .stats;
+    ensure!(listed.len() == 1, "{listed:?}");
+    let none = rt
+        .list_container_stats(v1::ListContainerStatsRequest {
+            filter: Some(v1::ContainerStatsFilter {
+                label_selector: HashMap::from([("c".to_string(), "other".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .stats;
+    ensure!(none.is_empty(), "{none:?}");
+    let pod_stats = rt
+        .pod_sandbox_stats(v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.id.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .context("no pod stats")?;
+    ensure!(pod_stats.containers.len() == 1, "{pod_stats:?}");
+
     // logs in kubelet's format
     let log = pod.log_dir.join("app/0.log");
     let recs = log_records(&log)?;

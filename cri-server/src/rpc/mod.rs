@@ -1,13 +1,17 @@
 //! One file per implemented CRI RPC, named after it.
 
+pub mod container_stats;
 pub mod container_status;
 pub mod create_container;
 pub mod exec_sync;
 pub mod image_fs_info;
 pub mod image_status;
+pub mod list_container_stats;
 pub mod list_containers;
 pub mod list_images;
 pub mod list_pod_sandbox;
+pub mod list_pod_sandbox_stats;
+pub mod pod_sandbox_stats;
 pub mod pod_sandbox_status;
 pub mod pull_image;
 pub mod remove_container;

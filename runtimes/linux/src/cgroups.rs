@@ -447,3 +447,174 @@ mod tests {
         assert!(dir.path().join("kubepods").exists(), "not ours");
     }
 }
+
+/// Usage figures of one cgroup, over whichever hierarchies have them (`None`: not available).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// Total CPU time, ns (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
+    pub cpu_usage_ns: Option<u64>,
+    /// Memory in use, bytes (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub memory_usage: Option<u64>,
+    /// Usage minus inactive file cache (kubelet's working set).
+    pub working_set: Option<u64>,
+    /// Anonymous + swap cache memory (v1 `total_rss`, v2 `anon`).
+    pub rss: Option<u64>,
+    /// Page faults.
+    pub page_faults: Option<u64>,
+    /// Major page faults.
+    pub major_page_faults: Option<u64>,
+    /// The memory limit, bytes (`None` when unlimited).
+    pub memory_limit: Option<u64>,
+    /// Processes in the cgroup (`pids.current`).
+    pub pids: Option<u64>,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Reads the usage of cgroup `path` (as given to [`CgroupManager::create`] or a container's
+/// `cgroupsPath`) below each of `roots`. Missing files leave their figures `None`.
+pub fn stats(roots: &[PathBuf], path: &str) -> CgroupStats {
+    let rel = path.trim_start_matches('/');
+    let mut s = CgroupStats::default();
+    for root in roots {
+        let dir = root.join(rel);
+        if !dir.is_dir() {
+            continue;
+        }
+        if let Some(v) = read_u64(&dir.join("cpuacct.usage")) {
+            s.cpu_usage_ns = Some(v);
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("cpu.stat"))
+            && let Some(us) = stat_field(&text, "usage_usec")
+        {
+            s.cpu_usage_ns = Some(us.saturating_mul(1000));
+        }
+        // v1 memory controller
+        if let Some(usage) = read_u64(&dir.join("memory.usage_in_bytes")) {
+            let text = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+            let inactive = stat_field(&text, "total_inactive_file").unwrap_or(0);
+            s.memory_usage = Some(usage);
+            s.working_set = Some(usage.saturating_sub(inactive));
+            s.rss = stat_field(&text, "total_rss");
+            s.page_faults = stat_field(&text, "total_pgfault");
+            s.major_page_faults = stat_field(&text, "total_pgmajfault");
+            // v1 reports "unlimited" as a huge page-aligned number
+            s.memory_limit =
+                read_u64(&dir.join("memory.limit_in_bytes")).filter(|l| *l < (1 << 62));
+        }
+        // v2 memory controller
+        if let Some(usage) = read_u64(&dir.join("memory.current")) {
+            let text = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+            let inactive = stat_field(&text, "inactive_file").unwrap_or(0);
+            s.memory_usage = Some(usage);
+            s.working_set = Some(usage.saturating_sub(inactive));
+            s.rss = stat_field(&text, "anon");
+            s.page_faults = stat_field(&text, "pgfault");
+            s.major_page_faults = stat_field(&text, "pgmajfault");
+            s.memory_limit = read_u64(&dir.join("memory.max"));
+        }
+        if let Some(v) = read_u64(&dir.join("pids.current")) {
+            s.pids = Some(v);
+        }
+    }
+    s
+}
+
+/// Bytes and inodes used under `dir` (not crossing into other filesystems' mount points is not
+/// checked: callers pass a container's upper dir, which holds no mounts).
+pub fn dir_usage(dir: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut bytes = 0u64;
+    let mut inodes = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(md) = e.metadata() else {
+                continue;
+            };
+            inodes += 1;
+            bytes += md.blocks() * 512;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (bytes, inodes)
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn v1_and_v2_files_are_read_and_missing_ones_stay_none() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (v1cpu, v1mem, v2) = (
+            tmp.path().join("cpuacct"),
+            tmp.path().join("memory"),
+            tmp.path().join("unified"),
+        );
+        let rel = "pod/c1";
+        for r in [&v1cpu, &v1mem, &v2] {
+            std::fs::create_dir_all(r.join(rel)).expect("mkdir");
+        }
+        std::fs::write(v1cpu.join(rel).join("cpuacct.usage"), "12345\n").expect("w");
+        std::fs::write(v1mem.join(rel).join("memory.usage_in_bytes"), "1000\n").expect("w");
+        std::fs::write(
+            v1mem.join(rel).join("memory.stat"),
+            "cache 5\ntotal_inactive_file 300\ntotal_rss 600\ntotal_pgfault 7\ntotal_pgmajfault 1\n",
+        )
+        .expect("w");
+        std::fs::write(
+            v1mem.join(rel).join("memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .expect("w");
+        let s = stats(&[v1cpu.clone(), v1mem.clone()], "/pod/c1");
+        assert_eq!(s.cpu_usage_ns, Some(12345));
+        assert_eq!(s.memory_usage, Some(1000));
+        assert_eq!(s.working_set, Some(700));
+        assert_eq!(s.rss, Some(600));
+        assert_eq!((s.page_faults, s.major_page_faults), (Some(7), Some(1)));
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(s.pids, None);
+
+        std::fs::write(v2.join(rel).join("cpu.stat"), "usage_usec 5\nuser_usec 3\n").expect("w");
+        std::fs::write(v2.join(rel).join("memory.current"), "2000\n").expect("w");
+        std::fs::write(
+            v2.join(rel).join("memory.stat"),
+            "anon 900\ninactive_file 100\n",
+        )
+        .expect("w");
+        std::fs::write(v2.join(rel).join("pids.current"), "3\n").expect("w");
+        let s = stats(&[v2], "pod/c1");
+        assert_eq!(s.cpu_usage_ns, Some(5000));
+        assert_eq!(s.working_set, Some(1900));
+        assert_eq!(s.rss, Some(900));
+        assert_eq!(s.pids, Some(3));
+        assert_eq!(
+            stats(&[tmp.path().join("none")], "x"),
+            CgroupStats::default()
+        );
+    }
+
+    #[test]
+    fn dir_usage_counts_files_and_dirs() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("a/b")).expect("mkdir");
+        std::fs::write(tmp.path().join("a/b/f"), vec![1u8; 10_000]).expect("w");
+        let (bytes, inodes) = dir_usage(tmp.path());
+        assert_eq!(inodes, 3);
+        assert!(bytes >= 10_000, "{bytes}");
+    }
+}

@@ -1,0 +1,71 @@
+//! `PodSandboxStats`: CPU, memory and process count of the pod cgroup, plus its containers'
+//! stats. A pod has no process of its own, so a stopped pod reports zeros with a timestamp.
+
+use unicri_proto::v1;
+
+use super::container_stats::{cgroup_usage, stats_of};
+use crate::error::CriError;
+use crate::pods::{READY, StoredPod, now_nanos};
+use crate::server::Cri;
+
+/// The CRI stats of a pod.
+pub(crate) async fn pod_stats_of(
+    cri: &Cri,
+    p: &StoredPod,
+) -> Result<v1::PodSandboxStats, CriError> {
+    let path = p
+        .state
+        .linux
+        .as_ref()
+        .and_then(|l| l.cgroup.as_ref())
+        .map(|c| c.path.clone())
+        .unwrap_or_else(|| p.state.cgroup_parent.clone());
+    let ready = p.row.state == READY;
+    let (cpu, memory, s) = cgroup_usage(cri, &path, ready && !path.is_empty());
+    let containers = cri
+        .containers
+        .list(Some(&p.row.id))
+        .await?
+        .iter()
+        .map(|c| stats_of(cri, c))
+        .collect();
+    let md = p.config.metadata.clone().unwrap_or_default();
+    Ok(v1::PodSandboxStats {
+        attributes: Some(v1::PodSandboxAttributes {
+            id: p.row.id.clone(),
+            metadata: Some(md),
+            labels: p.config.labels.clone(),
+            annotations: p.config.annotations.clone(),
+        }),
+        linux: Some(v1::LinuxPodSandboxStats {
+            cpu: Some(cpu),
+            memory: Some(memory),
+            network: None,
+            process: Some(v1::ProcessUsage {
+                timestamp: now_nanos(),
+                process_count: Some(v1::UInt64Value {
+                    value: s.pids.unwrap_or(0),
+                }),
+            }),
+            containers,
+            io: None,
+        }),
+        windows: None,
+    })
+}
+
+pub(crate) async fn pod_sandbox_stats(
+    cri: &Cri,
+    req: v1::PodSandboxStatsRequest,
+) -> Result<v1::PodSandboxStatsResponse, CriError> {
+    let p = cri
+        .pods
+        .resolve(&req.pod_sandbox_id)
+        .await?
+        .ok_or_else(|| {
+            CriError::not_found(format!("pod sandbox {} not found", req.pod_sandbox_id))
+        })?;
+    Ok(v1::PodSandboxStatsResponse {
+        stats: Some(pod_stats_of(cri, &p).await?),
+    })
+}
