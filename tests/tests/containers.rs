@@ -341,8 +341,8 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
         .into_inner()
         .stats
         .context("no stats")?;
-    let mem = stats.memory.clone().context("no memory stats")?;
-    let cpu = stats.cpu.clone().context("no cpu stats")?;
+    let mem = stats.memory.context("no memory stats")?;
+    let cpu = stats.cpu.context("no cpu stats")?;
     ensure!(mem.timestamp > 0 && cpu.timestamp > 0, "{stats:?}");
     ensure!(
         mem.working_set_bytes.map(|v| v.value).unwrap_or(0) > 0,
