@@ -574,12 +574,22 @@ impl Containers {
         let kerr =
             |e: unicri_runtime_linux::LinuxError| CriError::from_classified("stop container", &e);
         if timeout > 0 {
+            let total = Duration::from_secs(timeout.unsigned_abs());
             self.keeper.kill(&cid, signal, false).await.map_err(kerr)?;
-            let waited = self
-                .keeper
-                .wait(&cid, Duration::from_secs(timeout.unsigned_abs()))
-                .await
-                .map_err(kerr)?;
+            // A container stopped right after it started may not have installed its handler
+            // yet, and as PID 1 of its namespace it then ignores the signal: within its first
+            // seconds it gets the signal once more after a short wait.
+            let young = crate::pods::now_nanos() - c.row.started_at < 2_000_000_000;
+            let first = if young {
+                total.min(Duration::from_millis(500))
+            } else {
+                total
+            };
+            let mut waited = self.keeper.wait(&cid, first).await.map_err(kerr)?;
+            if young && first < total && waited.as_ref().is_some_and(|i| i.exit.is_none()) {
+                self.keeper.kill(&cid, signal, false).await.map_err(kerr)?;
+                waited = self.keeper.wait(&cid, total - first).await.map_err(kerr)?;
+            }
             if let Some(info) = waited.filter(|i| i.exit.is_some()) {
                 return self.refresh(&mut c, Some(&info)).await;
             }

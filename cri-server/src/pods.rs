@@ -112,6 +112,7 @@ pub fn pod_spec(id: &str, c: &v1::PodSandboxConfig) -> Result<PodSpec, CriError>
         v1::NamespaceMode::Container => PidMode::Container,
     };
     let dns = c.dns_config.clone().unwrap_or_default();
+    pod_bandwidth(&c.annotations.clone().into_iter().collect())?;
     let mut port_mappings = vec![];
     for p in &c.port_mappings {
         let (Ok(container_port), Ok(host_port)) =
@@ -161,6 +162,60 @@ pub fn pod_spec(id: &str, c: &v1::PodSandboxConfig) -> Result<PodSpec, CriError>
     })
 }
 
+/// Parses a Kubernetes quantity (`10M`, `1Gi`, `500k`, `1000`) into a whole number.
+fn parse_quantity(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let value: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        _ => return None,
+    };
+    let v = value * mult;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+/// The `bandwidth` capability from kubelet's pod annotations `kubernetes.io/ingress-bandwidth`
+/// and `kubernetes.io/egress-bandwidth` (bits per second; burst unlimited, as containerd does).
+pub fn pod_bandwidth(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<unicri_network_cni::Bandwidth>, CriError> {
+    let get = |key: &str| -> Result<Option<u64>, CriError> {
+        match annotations.get(key) {
+            None => Ok(None),
+            Some(v) => parse_quantity(v)
+                .filter(|r| *r > 0)
+                .map(Some)
+                .ok_or_else(|| CriError::invalid(format!("annotation {key}: bad quantity {v:?}"))),
+        }
+    };
+    let ingress = get("kubernetes.io/ingress-bandwidth")?;
+    let egress = get("kubernetes.io/egress-bandwidth")?;
+    if ingress.is_none() && egress.is_none() {
+        return Ok(None);
+    }
+    let burst = u64::from(u32::MAX);
+    Ok(Some(unicri_network_cni::Bandwidth {
+        ingress_rate: ingress.unwrap_or(0),
+        ingress_burst: if ingress.is_some() { burst } else { 0 },
+        egress_rate: egress.unwrap_or(0),
+        egress_burst: if egress.is_some() { burst } else { 0 },
+    }))
+}
+
 fn pod_network(spec: &PodSpec, netns: &Path) -> PodNetwork {
     PodNetwork {
         sandbox_id: spec.id.clone(),
@@ -179,7 +234,8 @@ fn pod_network(spec: &PodSpec, netns: &Path) -> PodNetwork {
                 host_ip: p.host_ip.clone(),
             })
             .collect(),
-        bandwidth: None,
+        // validated in `pod_spec`
+        bandwidth: pod_bandwidth(&spec.annotations).ok().flatten(),
         dns: (!spec.dns.is_empty()).then(|| unicri_network_cni::Dns {
             servers: spec.dns.servers.clone(),
             searches: spec.dns.searches.clone(),
@@ -620,6 +676,34 @@ mod tests {
         assert_eq!(s.cgroup_parent, "/kubepods/podu1");
         assert_eq!(s.port_mappings[0].protocol, Protocol::Udp);
         assert_eq!(s.port_mappings[0].host_port, 5353);
+    }
+
+    #[test]
+    fn bandwidth_annotations_become_the_bandwidth_capability() {
+        let mut a = std::collections::BTreeMap::new();
+        assert_eq!(pod_bandwidth(&a).unwrap(), None);
+        a.insert(
+            "kubernetes.io/ingress-bandwidth".to_string(),
+            "10M".to_string(),
+        );
+        let b = pod_bandwidth(&a).unwrap().unwrap();
+        assert_eq!((b.ingress_rate, b.egress_rate), (10_000_000, 0));
+        assert_eq!(b.ingress_burst, u64::from(u32::MAX));
+        a.insert(
+            "kubernetes.io/egress-bandwidth".to_string(),
+            "1Mi".to_string(),
+        );
+        assert_eq!(pod_bandwidth(&a).unwrap().unwrap().egress_rate, 1 << 20);
+        a.insert(
+            "kubernetes.io/egress-bandwidth".to_string(),
+            "fast".to_string(),
+        );
+        assert_eq!(
+            pod_bandwidth(&a).unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(parse_quantity("1.5k"), Some(1500));
+        assert_eq!(parse_quantity("2x"), None);
     }
 
     #[test]

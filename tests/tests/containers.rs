@@ -460,6 +460,25 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
         .expect_err("exec in exited");
     ensure!(err.code() == tonic::Code::FailedPrecondition, "{err:?}");
 
+    // stopped right after it started: its TERM handler still gets the stop signal
+    let trapper = create(
+        &d,
+        &pod,
+        container_config(
+            "trapper",
+            &["sh", "-c", "trap 'exit 5' TERM; while :; do sleep 1; done"],
+        ),
+    )
+    .await?;
+    start(&d, &trapper).await?;
+    rt.stop_container(v1::StopContainerRequest {
+        container_id: trapper.clone(),
+        timeout: 10,
+    })
+    .await?;
+    let st = status(&d, &trapper).await?;
+    ensure!(st.exit_code == 5, "stop signal right after start: {st:?}");
+
     // a container that ends by itself: Completed / Error with its code
     let done = create(&d, &pod, container_config("done", &["sh", "-c", "exit 0"])).await?;
     start(&d, &done).await?;
@@ -476,7 +495,7 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
     ensure!(st.exit_code == 7 && st.reason == "Error", "{st:?}");
 
     // remove: twice, and unknown ids; then NotFound
-    for cid in [&id, &id, &done] {
+    for cid in [&id, &id, &done, &trapper] {
         rt.remove_container(v1::RemoveContainerRequest {
             container_id: cid.to_string(),
         })
