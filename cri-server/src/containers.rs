@@ -66,7 +66,8 @@ pub struct Containers {
     pods: Arc<Pods>,
     keeper: KeeperClient,
     dir: PathBuf,
-    lock: tokio::sync::Mutex<()>,
+    /// Container names (pod, name, attempt) being created.
+    names: crate::reserve::Reservations,
     /// Last CPU sample per cgroup path (time ns, usage ns), for `usage_nano_cores`.
     cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
@@ -86,7 +87,7 @@ impl Containers {
             pods,
             keeper,
             dir: root.join("containers"),
-            lock: tokio::sync::Mutex::new(()),
+            names: crate::reserve::Reservations::default(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -240,7 +241,18 @@ impl Containers {
         )?;
         let image_config = container_spec::image_config(&image.record.config_json)?;
 
-        let _g = self.lock.lock().await;
+        let Some(_reserved) = self
+            .names
+            .try_reserve(format!("{}/{}/{}", pod.row.id, spec.name, spec.attempt))
+        else {
+            return Err(CriError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "container {:?} (attempt {}) in pod {} is being created by another request",
+                    spec.name, spec.attempt, pod.row.id
+                ),
+            ));
+        };
         if let Some(existing) = self
             .store
             .list_containers(Some(&pod.row.id))

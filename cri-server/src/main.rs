@@ -13,6 +13,7 @@ mod images;
 mod instrument;
 mod pods;
 mod recover;
+mod reserve;
 mod rpc;
 mod server;
 

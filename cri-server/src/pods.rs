@@ -2,8 +2,8 @@
 //! IPC/UTS namespaces, files, /dev/shm and cgroup come from `unicri-runtime-linux`, its network
 //! namespace and CNI attachment from `unicri-network-cni`, its record from SQLite.
 //!
-//! Every mutation of pods is serialized by one lock (simple and correct; per-pod locking can
-//! come with the benchmarks of the linux pods issue). A failed `run` rolls back everything it
+//! Pods are created in parallel, each holding its CRI identity (`reserve.rs`) while it works;
+//! stop and remove are serialized by one lock. A failed `run` rolls back everything it
 //! made, the row included, so kubelet's retry of the same pod never finds its name taken.
 
 use std::path::{Path, PathBuf};
@@ -65,7 +65,10 @@ pub struct Pods {
     pods_dir: PathBuf,
     netns_dir: PathBuf,
     keeper: unicri_runtime_linux::keeper::KeeperClient,
+    /// Serializes stop and remove (run holds only its name, see `names`).
     lock: tokio::sync::Mutex<()>,
+    /// Pod identities being created.
+    names: crate::reserve::Reservations,
 }
 
 /// The keeper's record id of a pod's init.
@@ -264,6 +267,7 @@ impl Pods {
             keeper,
             config,
             lock: tokio::sync::Mutex::new(()),
+            names: crate::reserve::Reservations::default(),
         }
     }
 
@@ -333,7 +337,19 @@ impl Pods {
         }
         let id = unicri_sandbox::id::new_id();
         let spec = pod_spec(&id, &config)?;
-        let _g = self.lock.lock().await;
+        let identity = format!(
+            "{}/{}/{}/{}",
+            spec.namespace, spec.name, spec.uid, spec.attempt
+        );
+        let Some(_reserved) = self.names.try_reserve(identity) else {
+            return Err(CriError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "pod sandbox {}/{} (uid {}, attempt {}) is being created by another request",
+                    spec.namespace, spec.name, spec.uid, spec.attempt
+                ),
+            ));
+        };
         if let Some(existing) = self
             .store
             .pod_by_identity(&spec.name, &spec.namespace, &spec.uid, spec.attempt)

@@ -1,5 +1,6 @@
 //! Leak checks run after a daemon stops: its process is gone, no process refers to the test's
-//! directories, nothing is mounted under root/state, and the image ingest dir is empty.
+//! directories, nothing is mounted under root/state, no cgroup of a pod or container its log
+//! names is left, and the image ingest dir is empty.
 
 use std::path::Path;
 
@@ -28,6 +29,9 @@ pub fn check(d: &Daemon) -> Result<()> {
         .chain(mounts_under(&d.state))
     {
         problems.push(format!("mount left behind: {m}"));
+    }
+    for dir in cgroups_of(&d.log()) {
+        problems.push(format!("cgroup left behind: {}", dir.display()));
     }
     let ingest = d.images_dir().join("ingest");
     if let Ok(rd) = std::fs::read_dir(&ingest) {
@@ -105,4 +109,47 @@ fn unescape_mountinfo(s: &str) -> String {
         .replace("\\011", "\t")
         .replace("\\012", "\n")
         .replace("\\134", "\\")
+}
+
+/// Object ids (64 hex digits) named in a daemon log.
+fn ids_in(log: &str) -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    for word in log.split(|c: char| !c.is_ascii_hexdigit()) {
+        if word.len() == 64 {
+            ids.insert(word.to_ascii_lowercase());
+        }
+    }
+    ids
+}
+
+/// cgroup directories of the pods and containers a daemon's log names that still exist, in any
+/// hierarchy: pods without a cgroup parent live at `/unicri/pod-<id>`, containers at
+/// `<pod cgroup>/<id>`.
+pub fn cgroups_of(log: &str) -> Vec<std::path::PathBuf> {
+    let ids = ids_in(log);
+    let mut left = Vec::new();
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return left;
+    };
+    for h in hierarchies.flatten() {
+        let base = h.path().join("unicri");
+        let Ok(pods) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for pod in pods.flatten().filter(|e| e.path().is_dir()) {
+            let name = pod.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix("pod-").is_some_and(|id| ids.contains(id)) {
+                left.push(pod.path());
+                continue;
+            }
+            if let Ok(ctrs) = std::fs::read_dir(pod.path()) {
+                for c in ctrs.flatten().filter(|e| e.path().is_dir()) {
+                    if ids.contains(&c.file_name().to_string_lossy().to_ascii_lowercase()) {
+                        left.push(c.path());
+                    }
+                }
+            }
+        }
+    }
+    left
 }

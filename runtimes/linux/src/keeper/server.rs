@@ -766,6 +766,22 @@ async fn delete(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
         }
     }
     remove_libcontainer_state(&container_root(paths, id));
+    // libcontainer 0.7 leaves the directories of hierarchies it does not manage (blkio, ...)
+    let dirs = state
+        .borrow()
+        .containers
+        .get(id)
+        .map(|e| e.record.cgroup_dirs.clone())
+        .unwrap_or_default();
+    for dir in dirs {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(id, dir = %dir.display(), %error, "cannot remove container cgroup")
+            }
+        }
+    }
     let _ = std::fs::remove_file(paths.records.join(format!("{id}.json")));
     state.borrow_mut().containers.remove(id);
     tracing::info!(id, "container deleted");
