@@ -11,6 +11,7 @@ mod deadline;
 mod error;
 mod images;
 mod instrument;
+mod memory;
 mod pods;
 mod recover;
 mod reserve;
@@ -312,6 +313,7 @@ fn keeper(dir: PathBuf, idle_exit_ms: u64, log_level: &str) -> anyhow::Result<()
 }
 
 fn main() -> ExitCode {
+    memory::limit_malloc_arenas();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keeper {

@@ -3,7 +3,7 @@
 //! namespace and CNI attachment from `unicri-network-cni`, its record from SQLite.
 //!
 //! Pods are created in parallel, each holding its CRI identity (`reserve.rs`) while it works;
-//! stop and remove are serialized by one lock. A failed `run` rolls back everything it
+//! stop and remove take a lock of their pod. A failed `run` rolls back everything it
 //! made, the row included, so kubelet's retry of the same pod never finds its name taken.
 
 use std::path::{Path, PathBuf};
@@ -65,8 +65,10 @@ pub struct Pods {
     pods_dir: PathBuf,
     netns_dir: PathBuf,
     keeper: unicri_runtime_linux::keeper::KeeperClient,
-    /// Serializes stop and remove (run holds only its name, see `names`).
-    lock: tokio::sync::Mutex<()>,
+    /// One lock per pod id: stop and remove of one pod are serialized, different pods run in
+    /// parallel (run holds only its name, see `names`).
+    locks:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     /// Pod identities being created.
     names: crate::reserve::Reservations,
 }
@@ -266,7 +268,7 @@ impl Pods {
             netns_dir: config.state.join("netns"),
             keeper,
             config,
-            lock: tokio::sync::Mutex::new(()),
+            locks: std::sync::Mutex::new(std::collections::HashMap::new()),
             names: crate::reserve::Reservations::default(),
         }
     }
@@ -607,10 +609,26 @@ impl Pods {
         }
     }
 
+    /// The lock of one pod (made on first use).
+    async fn pod_lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = self
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        m.lock_owned().await
+    }
+
     /// `StopPodSandbox`: releases the network; an unknown pod is not an error.
     pub async fn stop(&self, id: &str) -> Result<(), CriError> {
-        let _g = self.lock.lock().await;
         let Some(pod) = self.resolve(id).await? else {
+            return Ok(());
+        };
+        let _g = self.pod_lock(&pod.row.id).await;
+        // re-read under the lock: a concurrent stop or remove may have changed it
+        let Some(pod) = self.resolve(&pod.row.id).await? else {
             return Ok(());
         };
         let spec = pod_spec(&pod.row.id, &pod.config)?;
@@ -627,13 +645,20 @@ impl Pods {
 
     /// `RemovePodSandbox`: stops the pod if needed and removes everything; idempotent.
     pub async fn remove(&self, id: &str) -> Result<(), CriError> {
-        let _g = self.lock.lock().await;
         let Some(pod) = self.resolve(id).await? else {
+            return Ok(());
+        };
+        let _g = self.pod_lock(&pod.row.id).await;
+        let Some(pod) = self.resolve(&pod.row.id).await? else {
             return Ok(());
         };
         let spec = pod_spec(&pod.row.id, &pod.config)?;
         self.teardown(&spec, &pod.state, true).await?;
         self.store.delete_pod(&pod.row.id).await?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pod.row.id);
         Ok(())
     }
 }

@@ -192,7 +192,23 @@ impl LayerBuilder {
                         .with_context(|| format!("tar symlink {path}"))?;
                 }
                 Entry::HardLink { path, target } => {
-                    let mut h = header(tar::EntryType::Link, 0o644, 0, 0);
+                    // a hard link shares its target's inode: give it the target's mode and
+                    // owner (containerd applies a link header's mode to the shared file)
+                    let (mode, uid, gid) = self
+                        .entries
+                        .iter()
+                        .find_map(|t| match t {
+                            Entry::File {
+                                path: p,
+                                mode,
+                                uid,
+                                gid,
+                                ..
+                            } if rel(p) == rel(target) => Some((*mode, *uid, *gid)),
+                            _ => None,
+                        })
+                        .unwrap_or((0o644, 0, 0));
+                    let mut h = header(tar::EntryType::Link, mode, uid, gid);
                     h.set_size(0);
                     b.append_link(&mut h, path, target)
                         .with_context(|| format!("tar hardlink {path}"))?;

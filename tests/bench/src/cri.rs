@@ -1,6 +1,7 @@
 //! CRI v1 clients over a unix socket, for any runtime endpoint.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
@@ -11,6 +12,16 @@ use unicri_proto::{ImageServiceClient, RuntimeServiceClient};
 
 /// gRPC message limit for responses (ListImages on a busy node can be large).
 const MAX_MSG: usize = 64 * 1024 * 1024;
+
+/// Deadline of runtime-service calls, kubelet's default `--runtime-request-timeout`.
+const RUNTIME_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A request with kubelet's deadline (sent as `grpc-timeout`, so the runtime sees it too).
+fn req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(RUNTIME_TIMEOUT);
+    r
+}
 
 /// A connection to one CRI endpoint.
 #[derive(Clone, Debug)]
@@ -109,6 +120,143 @@ impl Cri {
                     .into_iter()
                     .chain(i.repo_digests)
                     .chain(std::iter::once(i.id))
+            })
+            .collect())
+    }
+}
+
+impl Cri {
+    /// `Status`: (RuntimeReady, NetworkReady), with the reasons of a false condition.
+    pub async fn ready(&self) -> Result<(bool, bool, String)> {
+        let st = self
+            .runtime()
+            .status(req(v1::StatusRequest { verbose: false }))
+            .await?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        let mut runtime = false;
+        let mut network = false;
+        let mut why = Vec::new();
+        for c in st.conditions {
+            match c.r#type.as_str() {
+                "RuntimeReady" => runtime = c.status,
+                "NetworkReady" => network = c.status,
+                _ => {}
+            }
+            if !c.status {
+                why.push(format!("{}: {} {}", c.r#type, c.reason, c.message));
+            }
+        }
+        Ok((runtime, network, why.join("; ")))
+    }
+
+    /// `RunPodSandbox` with the default handler; returns the pod id.
+    pub async fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String> {
+        let r = self
+            .runtime()
+            .run_pod_sandbox(req(v1::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            }))
+            .await
+            .context("RunPodSandbox")?;
+        Ok(r.into_inner().pod_sandbox_id)
+    }
+
+    /// `StopPodSandbox`.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        self.runtime()
+            .stop_pod_sandbox(req(v1::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
+            .await
+            .with_context(|| format!("StopPodSandbox {id}"))?;
+        Ok(())
+    }
+
+    /// `RemovePodSandbox`.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        self.runtime()
+            .remove_pod_sandbox(req(v1::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
+            .await
+            .with_context(|| format!("RemovePodSandbox {id}"))?;
+        Ok(())
+    }
+
+    /// `PodSandboxStatus`: (state is READY, primary IP).
+    pub async fn pod_status(&self, id: &str) -> Result<(bool, String)> {
+        let st = self
+            .runtime()
+            .pod_sandbox_status(req(v1::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            }))
+            .await
+            .with_context(|| format!("PodSandboxStatus {id}"))?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        let ip = st.network.map(|n| n.ip).unwrap_or_default();
+        Ok((st.state == v1::PodSandboxState::SandboxReady as i32, ip))
+    }
+
+    /// `ListPodSandbox` (no filter): every pod id.
+    pub async fn list_pods(&self) -> Result<Vec<String>> {
+        let r = self
+            .runtime()
+            .list_pod_sandbox(req(v1::ListPodSandboxRequest { filter: None }))
+            .await
+            .context("ListPodSandbox")?;
+        Ok(r.into_inner().items.into_iter().map(|p| p.id).collect())
+    }
+
+    /// `CreateContainer` in pod `pod_id`; returns the container id.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: v1::ContainerConfig,
+        sandbox_config: v1::PodSandboxConfig,
+    ) -> Result<String> {
+        let r = self
+            .runtime()
+            .create_container(req(v1::CreateContainerRequest {
+                pod_sandbox_id: pod_id.into(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_config),
+            }))
+            .await
+            .with_context(|| format!("CreateContainer in {pod_id}"))?;
+        Ok(r.into_inner().container_id)
+    }
+
+    /// `StartContainer`.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        self.runtime()
+            .start_container(req(v1::StartContainerRequest {
+                container_id: id.into(),
+            }))
+            .await
+            .with_context(|| format!("StartContainer {id}"))?;
+        Ok(())
+    }
+
+    /// `ListContainers` (no filter): (id, pod id, state) of every container.
+    pub async fn list_containers(&self) -> Result<Vec<(String, String, v1::ContainerState)>> {
+        let r = self
+            .runtime()
+            .list_containers(req(v1::ListContainersRequest { filter: None }))
+            .await
+            .context("ListContainers")?;
+        Ok(r.into_inner()
+            .containers
+            .into_iter()
+            .map(|c| {
+                let state = v1::ContainerState::try_from(c.state)
+                    .unwrap_or(v1::ContainerState::ContainerUnknown);
+                (c.id, c.pod_sandbox_id, state)
             })
             .collect())
     }

@@ -65,7 +65,7 @@ pub struct PushedImage {
 }
 
 /// GOARCH-style name of this machine's architecture.
-fn goarch() -> &'static str {
+pub(crate) fn goarch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

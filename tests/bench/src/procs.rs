@@ -152,3 +152,121 @@ pub fn disk_usage(dir: &Path) -> u64 {
     }
     total
 }
+
+/// One process of a `/proc` snapshot.
+#[derive(Clone, Debug)]
+pub struct ProcInfo {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid.
+    pub ppid: i32,
+    /// Its command line.
+    pub argv: Vec<String>,
+    /// (device, inode) of its executable, when readable.
+    pub exe: Option<(u64, u64)>,
+}
+
+/// Every process visible in `/proc` (processes that exit while it is read are skipped).
+pub fn snapshot() -> Vec<ProcInfo> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for ent in rd.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(ent.path().join("stat")) else {
+            continue;
+        };
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let argv = std::fs::read(ent.path().join("cmdline"))
+            .map(|c| {
+                c.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let exe = std::fs::metadata(ent.path().join("exe"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        out.push(ProcInfo {
+            pid,
+            ppid,
+            argv,
+            exe,
+        });
+    }
+    out
+}
+
+/// (device, inode) of a file (following symlinks).
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Proportional set size of `pid` in KiB from `/proc/<pid>/smaps_rollup`: (`Pss:`,
+/// `Pss_Anon:`, `Pss_File:`); `None` when the process is gone or the file unreadable (a kernel
+/// without the split reports 0 for the last two).
+pub fn pss_kib(pid: i32) -> Option<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((
+        field("Pss:")?,
+        field("Pss_Anon:").unwrap_or(0),
+        field("Pss_File:").unwrap_or(0),
+    ))
+}
+
+/// `pids` and all their descendants in `procs`.
+pub fn with_descendants(procs: &[ProcInfo], pids: &[i32]) -> Vec<i32> {
+    let mut set: Vec<i32> = pids.to_vec();
+    let mut i = 0;
+    while i < set.len() {
+        let p = set[i];
+        for c in procs.iter().filter(|c| c.ppid == p) {
+            if !set.contains(&c.pid) {
+                set.push(c.pid);
+            }
+        }
+        i += 1;
+    }
+    set
+}
+
+/// Busy CPU time of the whole machine since boot, in seconds: the `cpu` line of `/proc/stat`
+/// without idle and iowait (guest time is already part of user time).
+pub fn cpu_busy_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(busy as f64 / hz)
+}

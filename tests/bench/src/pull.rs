@@ -41,7 +41,7 @@ impl Env {
 
 /// The unicri binary: the flag, else the workspace's `target/release/unicri`, else
 /// `target/debug/unicri`.
-fn default_unicri_bin() -> PathBuf {
+pub(crate) fn default_unicri_bin() -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
     let target = target.canonicalize().unwrap_or(target);
     let release = target.join("release/unicri");
@@ -170,7 +170,12 @@ async fn body(
         }
     }
 
-    let mut meta = Meta::collect(args, &env.daemons, started, load_before);
+    let mut meta = Meta::collect(
+        (args.rounds, args.warmup, args.seed),
+        &env.daemons,
+        started,
+        load_before,
+    );
     meta.registry_version = procs::command_line_output(REGISTRY_BIN, &["--version"]);
     let md = report::markdown(&meta, &imgs, kinds, &results);
     println!("{}", report::table(&imgs, kinds, &results));

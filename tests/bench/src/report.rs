@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::PullArgs;
 use crate::images::PushedImage;
 use crate::procs;
 use crate::runtimes::{Daemon, Kind};
@@ -151,9 +150,9 @@ pub struct Meta {
 }
 
 impl Meta {
-    /// Collects the facts after a run.
+    /// Collects the facts after a run of `rounds` measured rounds after `warmup` ones.
     pub fn collect(
-        args: &PullArgs,
+        (rounds, warmup, seed): (usize, usize, u64),
         daemons: &[Daemon],
         started: String,
         load_before: String,
@@ -197,9 +196,9 @@ impl Meta {
             os,
             load_before,
             load_after: loadavg(),
-            rounds: args.rounds,
-            warmup: args.warmup,
-            seed: args.seed,
+            rounds,
+            warmup,
+            seed,
             versions: daemons
                 .iter()
                 .map(|d| {
@@ -300,6 +299,35 @@ pub fn markdown(m: &Meta, imgs: &[PushedImage], kinds: &[Kind], r: &Results) -> 
             let _ = writeln!(s, "- {} / {k}: {}", img.name, r.raw(img.name, k));
         }
     }
+    s
+}
+
+/// Machine, run dates and software versions as markdown bullet lists under `###` headings.
+pub fn machine_and_versions(m: &Meta) -> String {
+    let mut s = String::new();
+    s.push_str("### Machine and run\n\n");
+    let _ = writeln!(s, "- date: {} to {} (UTC)", m.started, m.finished);
+    let _ = writeln!(s, "- nproc: {}; CPU: {}; memory: {}", m.nproc, m.cpu, m.mem);
+    let _ = writeln!(s, "- kernel: {}; OS: {}", m.kernel, m.os);
+    let _ = writeln!(
+        s,
+        "- load average before / after: {} / {}",
+        m.load_before, m.load_after
+    );
+    s.push_str("\n### Versions\n\n");
+    for (k, bin, cri) in &m.versions {
+        let _ = writeln!(s, "- {k}: {bin}; CRI Version: {cri}");
+    }
+    if m.versions
+        .iter()
+        .any(|(k, bin, _)| k == "unicri" && bin.contains("/debug/"))
+    {
+        s.push_str("- **note**: the unicri binary is a debug build; release numbers will differ\n");
+    }
+    if !m.registry_version.is_empty() {
+        let _ = writeln!(s, "- registry: `{}`", m.registry_version);
+    }
+    let _ = writeln!(s, "- runc: `{}`", m.runc_version);
     s
 }
 

@@ -44,6 +44,15 @@ pub fn write_hosts_dir(dir: &Path, host: &str) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// What a benchmark adds to a daemon's configuration beyond its roots and registry hosts.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// CNI: (conflist dir, plugin dir). `None` leaves each runtime's default.
+    pub cni: Option<(PathBuf, PathBuf)>,
+    /// containerd's `sandbox_image` (the pause image). Ignored for unicri, which has no pause.
+    pub sandbox_image: Option<String>,
+}
+
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {
@@ -70,6 +79,17 @@ impl Daemon {
     /// Starts `bin` as `kind` under `dir` (root, state, socket, config, log) with registry
     /// config from `hosts_dir`, and waits until CRI `Version` answers.
     pub async fn start(kind: Kind, bin: &Path, dir: &Path, hosts_dir: &Path) -> Result<Daemon> {
+        Self::start_with(kind, bin, dir, hosts_dir, &Extras::default()).await
+    }
+
+    /// [`Daemon::start`] with `extras` in the daemon's configuration.
+    pub async fn start_with(
+        kind: Kind,
+        bin: &Path,
+        dir: &Path,
+        hosts_dir: &Path,
+        extras: &Extras,
+    ) -> Result<Daemon> {
         if !bin.exists() {
             bail!("{kind} binary {} not found", bin.display());
         }
@@ -86,18 +106,23 @@ impl Daemon {
             Kind::Containerd => {
                 std::fs::write(
                     &config,
-                    containerd_config(&dir, &root, &state, &socket, hosts_dir),
+                    containerd_config(&dir, &root, &state, &socket, hosts_dir, extras),
                 )?;
                 cmd.arg("--config").arg(&config);
             }
             Kind::Unicri => {
-                std::fs::write(
-                    &config,
-                    format!(
-                        "[registry]\nconfig_path = {:?}\n",
-                        hosts_dir.display().to_string()
-                    ),
-                )?;
+                let mut text = format!(
+                    "[registry]\nconfig_path = {:?}\n",
+                    hosts_dir.display().to_string()
+                );
+                if let Some((conf_dir, bin_dir)) = &extras.cni {
+                    text.push_str(&format!(
+                        "\n[cni]\nconf_dir = {:?}\nbin_dirs = [{:?}]\n",
+                        conf_dir.display().to_string(),
+                        bin_dir.display().to_string()
+                    ));
+                }
+                std::fs::write(&config, text)?;
                 cmd.arg("daemon")
                     .arg("--config")
                     .arg(&config)
@@ -160,6 +185,19 @@ impl Daemon {
         })
     }
 
+    /// The daemon's pid (`None` once it has been reaped).
+    pub fn pid(&self) -> Option<i32> {
+        self.child.id().map(|p| p as i32)
+    }
+
+    /// The daemon's config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.root
+            .parent()
+            .map(|d| d.join("config.toml"))
+            .unwrap_or_default()
+    }
+
     /// Stops the daemon and everything it left behind: its process group, containerd shims
     /// started for its socket (with their containers), runc state of its tasks, and mounts
     /// under its root and state dirs. Returns notes about anything that had to be cleaned up.
@@ -193,14 +231,36 @@ impl Daemon {
 
 /// containerd 1.6 config: own root/state/sockets, CRI plugin with the overlayfs snapshotter,
 /// `restrict_oom_score_adj` (an unprivileged-looking root here cannot lower oom_score_adj) and
-/// registry hosts from `hosts_dir`.
+/// registry hosts from `hosts_dir`; with `extras`, the pause image, runc (runc v2 shim, cgroupfs)
+/// as the default runtime and the CNI dirs.
 pub fn containerd_config(
     dir: &Path,
     root: &Path,
     state: &Path,
     socket: &Path,
     hosts_dir: &Path,
+    extras: &Extras,
 ) -> String {
+    let mut cri_top = String::new();
+    let mut cri_tables = String::new();
+    if let Some(img) = &extras.sandbox_image {
+        cri_top.push_str(&format!("  sandbox_image = \"{img}\"\n"));
+    }
+    if let Some((conf_dir, bin_dir)) = &extras.cni {
+        cri_tables.push_str(&format!(
+            r#"    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{}"
+    conf_dir = "{}"
+"#,
+            bin_dir.display(),
+            conf_dir.display()
+        ));
+    }
     format!(
         r#"version = 2
 root = "{root}"
@@ -222,11 +282,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
+{cri_top}  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{hosts}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{hosts}"
-"#,
+{cri_tables}"#,
         root = root.display(),
         state = state.display(),
         socket = socket.display(),

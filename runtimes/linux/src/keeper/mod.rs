@@ -70,6 +70,8 @@ pub struct KeeperClient {
     exe: PathBuf,
     /// Passed on as `--idle-exit-ms`.
     idle_exit_ms: u64,
+    /// Held while a keeper is being started, so a burst of requests starts one keeper.
+    starting: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KeeperClient {
@@ -81,6 +83,7 @@ impl KeeperClient {
             dir,
             exe: exe.into(),
             idle_exit_ms,
+            starting: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -168,6 +171,11 @@ impl KeeperClient {
     /// Starts `unicri keeper` in its own process group (so signals to the daemon's group do not
     /// reach it) and waits until it answers.
     async fn spawn_keeper(&self) -> Result<(), LinuxError> {
+        let _starting = self.starting.lock().await;
+        // another request may have started one while this one waited
+        if let Ok(Response::Pong { .. }) = self.try_call(&Request::Ping, Duration::ZERO).await {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir).map_err(|e| LinuxError::Keeper {
             op: "start",
             message: format!("create {}: {e}", self.dir.display()),

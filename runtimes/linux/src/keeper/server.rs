@@ -481,6 +481,9 @@ fn kill_container(id: &str, signal: i32, all: bool, state: &Shared) -> Response 
 
 async fn wait(id: &str, timeout_ms: u64, state: &Shared) -> Response {
     let mut rx = match state.borrow().containers.get(id) {
+        Some(e) if e.record.info.exit.is_some() => {
+            return Response::Container(e.record.info.clone());
+        }
         Some(e) => e.exited.subscribe(),
         None => return not_found(id),
     };
@@ -542,7 +545,8 @@ fn record_exit(state: &Shared, paths: &KeeperPaths, pid: i32, code: i32, signal:
     entry.record.info.exit = Some(exit);
     entry.record.info.state = "exited".into();
     persist(paths, &entry.record);
-    let _ = entry.exited.send(true);
+    // `send` would drop the value when nobody waits yet; a later `wait` must still see it
+    entry.exited.send_replace(true);
 }
 
 /// Containers loaded after a keeper restart are not our children: notice their end by polling.
