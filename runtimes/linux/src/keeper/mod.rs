@@ -5,12 +5,14 @@
 //! * [`proto`]: its request/response protocol.
 //! * [`logs`]: the CRI log file writer.
 //! * [`podinit`]: the minimal PID 1 of a pod with a shared PID namespace.
+//! * [`worker`]: forked workers that run libcontainer creates in parallel.
 //! * [`KeeperClient`]: the daemon's side; it starts a keeper when none answers.
 
 pub mod logs;
 pub mod podinit;
 pub mod proto;
 pub mod server;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

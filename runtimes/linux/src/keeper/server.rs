@@ -64,6 +64,8 @@ struct Entry {
 #[derive(Default)]
 struct State {
     containers: HashMap<String, Entry>,
+    /// Ids whose create is in progress.
+    creating: std::collections::HashSet<String>,
     execs: HashMap<i32, oneshot::Sender<i32>>,
     busy: usize,
     last_activity: Option<Instant>,
@@ -194,7 +196,7 @@ async fn dispatch(req: Request, state: &Shared, paths: &KeeperPaths) -> Response
             version: PROTOCOL_VERSION,
             pid: std::process::id() as i32,
         },
-        Request::Create(c) => create(c, state, paths),
+        Request::Create(c) => create(c, state, paths).await,
         Request::PodInit { id } => pod_init(&id, state, paths),
         Request::Start { id } => start(&id, state, paths),
         Request::Kill { id, signal, all } => kill_container(&id, signal, all, state),
@@ -237,19 +239,27 @@ fn container_root(paths: &KeeperPaths, id: &str) -> PathBuf {
     paths.libcontainer_root.join(id)
 }
 
-fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Response {
+async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Response {
     if let Some(e) = state.borrow().containers.get(&req.id) {
         return Response::Container(e.record.info.clone());
     }
     if req.id.is_empty() || req.id.contains('/') || req.id.starts_with('.') {
         return error("invalid_argument", format!("bad container id {:?}", req.id));
     }
+    if !state.borrow_mut().creating.insert(req.id.clone()) {
+        return error(
+            "failed_precondition",
+            format!("container {} is being created by another request", req.id),
+        );
+    }
     // a leftover of an earlier, interrupted create
     let root = container_root(paths, &req.id);
     if root.exists() {
         remove_libcontainer_state(&root);
     }
-    match create_container(&req, paths) {
+    let created = create_container(&req, paths).await;
+    state.borrow_mut().creating.remove(&req.id);
+    match created {
         Ok((pid, log, stdin, out_rd, err_rd)) => {
             let info = ContainerInfo {
                 id: req.id.clone(),
@@ -292,7 +302,7 @@ fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Response {
 
 type Created = (i32, Option<LogFile>, Option<OwnedFd>, OwnedFd, OwnedFd);
 
-fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Created, String> {
+async fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Created, String> {
     let log = match &req.log_path {
         Some(p) => {
             Some(LogFile::open(p).map_err(|e| format!("open log file {}: {e}", p.display()))?)
@@ -308,21 +318,40 @@ fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Created,
         let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
         (None, OwnedFd::from(null))
     };
-    let container = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
-        .with_root_path(&paths.libcontainer_root)
-        .map_err(|e| format!("libcontainer root: {e}"))?
-        .with_stdin(stdin_fd)
-        .with_stdout(out_wr)
-        .with_stderr(err_wr)
-        .as_init(&req.bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(|e| format!("create container {}: {e}", req.id))?;
-    let pid = container
-        .pid()
-        .map(|p| p.as_raw())
-        .ok_or_else(|| format!("container {} has no init pid after create", req.id))?;
+    // libcontainer runs in a forked worker (see `worker`); the fds it needs are inherited
+    let (id, root, bundle) = (
+        req.id.clone(),
+        paths.libcontainer_root.clone(),
+        req.bundle.clone(),
+    );
+    let spawned = super::worker::fork_worker(move || {
+        let container = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+            .with_root_path(&root)
+            .map_err(|e| format!("libcontainer root: {e}"))?
+            .with_stdin(stdin_fd)
+            .with_stdout(out_wr)
+            .with_stderr(err_wr)
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()
+            .map_err(|e| format!("create container {id}: {e}"))?;
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| format!("container {id} has no init pid after create"))
+    });
+    // the keeper's copies of the container's ends are dropped with the closure above
+    let (_worker, result_fd) = spawned.map_err(|e| format!("fork create worker: {e}"))?;
+    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(result_fd)
+        .map_err(|e| format!("create worker pipe: {e}"))?;
+    // one line, not EOF: the container's init inherited the write end and holds it until exec
+    let mut line = String::new();
+    BufReader::new(rx)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("read create worker result: {e}"))?;
+    let pid = super::worker::parse_result(&line)?;
     set_oom_score_adj(pid, req.oom_score_adj);
     Ok((pid, log, stdin_keep, out_rd, err_rd))
 }
