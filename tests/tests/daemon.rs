@@ -108,10 +108,11 @@ async fn version_status_runtime_config_and_socket_mode() -> Result<()> {
 async fn unimplemented_calls_and_bad_input_get_clear_statuses() -> Result<()> {
     let d = Daemon::start(DaemonOpts::default()).await?;
     let mut rt = d.runtime();
+    // a call whose issue has not come yet: Unimplemented, with a message saying so
     let err = rt
-        .create_container(v1::CreateContainerRequest::default())
+        .update_container_resources(v1::UpdateContainerResourcesRequest::default())
         .await
-        .expect_err("CreateContainer is not implemented yet");
+        .expect_err("UpdateContainerResources is not implemented yet");
     ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
     ensure!(
         err.message().contains("not implemented yet"),
@@ -119,15 +120,35 @@ async fn unimplemented_calls_and_bad_input_get_clear_statuses() -> Result<()> {
         err.message()
     );
     let err = rt
+        .exec(v1::ExecRequest::default())
+        .await
+        .expect_err("streaming Exec is not implemented yet");
+    ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
+    // bad input: InvalidArgument / NotFound, and nothing is made
+    let err = rt
+        .create_container(v1::CreateContainerRequest::default())
+        .await
+        .expect_err("a container needs a config");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
+    let err = rt
         .run_pod_sandbox(v1::RunPodSandboxRequest::default())
         .await
         .expect_err("a pod needs a config");
     ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
     let err = rt
-        .list_containers(v1::ListContainersRequest::default())
+        .container_status(v1::ContainerStatusRequest {
+            container_id: "a".repeat(64),
+            verbose: false,
+        })
         .await
-        .expect_err("ListContainers is not implemented yet");
-    ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
+        .expect_err("unknown container");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    let listed = rt
+        .list_containers(v1::ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(listed.is_empty(), "{listed:?}");
 
     let mut img = d.image();
     for bad in ["", "Bad//Ref", "busybox:bad tag", "busybox@sha256:1234"] {
