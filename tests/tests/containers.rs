@@ -967,3 +967,88 @@ async fn security_limits_dns_and_networking() -> Result<()> {
     remove_pod(&d, &pod.id).await?;
     d.finish().await
 }
+
+/// `shareProcessNamespace`: the pod gets one PID namespace whose PID 1 is the pod's minimal
+/// init; its containers see each other's processes; a second pod does not. Stopping the pod ends
+/// the init (the leak check at `finish` finds any process left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pid_namespace_has_a_pod_init() -> Result<()> {
+    if skip("shared_pid_namespace_has_a_pod_init") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let d = daemon_with_image(&net).await?;
+    let logs = tempfile::tempdir()?;
+    let mut cfg = pod_config("shared", &logs.path().join("shared"));
+    cfg.linux = Some(v1::LinuxPodSandboxConfig {
+        security_context: Some(v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(v1::NamespaceOption {
+                pid: v1::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = d
+        .runtime()
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let pod = Pod {
+        id,
+        config: cfg,
+        log_dir: logs.path().join("shared"),
+    };
+    let pod_pid = |mut c: v1::ContainerConfig| {
+        c.linux = Some(v1::LinuxContainerConfig {
+            security_context: Some(v1::LinuxContainerSecurityContext {
+                namespace_options: Some(v1::NamespaceOption {
+                    pid: v1::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    let a = create(&d, &pod, pod_pid(container_config("a", &["sleep", "4242"]))).await?;
+    let b = create(&d, &pod, pod_pid(container_config("b", &["sleep", "1000"]))).await?;
+    start(&d, &a).await?;
+    start(&d, &b).await?;
+    let r = exec(&d, &b, &["ps", "-o", "pid,args"], 10).await?;
+    let ps = String::from_utf8_lossy(&r.stdout).to_string();
+    ensure!(
+        ps.contains("sleep 4242"),
+        "b does not see a's process: {ps}"
+    );
+    let first = ps
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        !first.contains("sleep"),
+        "PID 1 must be the pod's init, not a container: {ps}"
+    );
+
+    // a pod with its own PID namespaces per container does not see them
+    let other = run_pod(&d, "other", logs.path()).await?;
+    let c = create(&d, &other, container_config("c", &["sleep", "1000"])).await?;
+    start(&d, &c).await?;
+    let r = exec(&d, &c, &["ps", "-o", "pid,args"], 10).await?;
+    let ps = String::from_utf8_lossy(&r.stdout).to_string();
+    ensure!(
+        !ps.contains("4242"),
+        "another pod sees the shared namespace: {ps}"
+    );
+
+    remove_pod(&d, &other.id).await?;
+    remove_pod(&d, &pod.id).await?;
+    d.finish().await
+}
