@@ -9,9 +9,11 @@
 //!   clients over the unix socket.
 //! - [`leaks`]: what must be gone after a daemon stops (processes, mounts, ingest files).
 //! - [`cni`]: a bridge + host-local + portmap CNI network for pods.
+//! - [`fixtures`]: a daemon with a busybox image on a CNI network, skip checks, container status.
 
 pub mod cni;
 pub mod daemon;
+pub mod fixtures;
 pub mod leaks;
 pub mod oci;
 pub mod registry;

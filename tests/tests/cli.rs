@@ -9,42 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use unicri_e2e::cni::{Net, PLUGINS};
-use unicri_e2e::daemon::{Daemon, DaemonOpts, unicri_bin};
-use unicri_e2e::oci::{Compression, ImageBuilder, busybox_layer};
+use unicri_e2e::cni::Net;
+use unicri_e2e::daemon::{Daemon, unicri_bin};
+use unicri_e2e::fixtures::{container_status, daemon_with_busybox, skip_without_cni_and_busybox};
 use unicri_proto::v1;
 
 const IMAGE: &str = "docker.io/e2e/busybox:cli";
-
-fn skip(test: &str) -> bool {
-    if Path::new(PLUGINS).join("bridge").exists() && Path::new("/bin/busybox").exists() {
-        return false;
-    }
-    eprintln!(
-        "\n******** SKIP {test}: needs {PLUGINS}/bridge and /bin/busybox (apt-get install -y containernetworking-plugins busybox) ********\n"
-    );
-    true
-}
-
-/// Starts a daemon on a fresh CNI network with the busybox image imported.
-async fn daemon_with_image(net: &Net) -> Result<Daemon> {
-    let d = Daemon::start(DaemonOpts {
-        extra_config: net.config(),
-        ..Default::default()
-    })
-    .await?;
-    let img = ImageBuilder::new()
-        .layer(busybox_layer()?.build(Compression::Gzip)?)
-        .env(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=yes"])
-        .cmd(&["sh", "-c", "echo default command"])
-        .build()?;
-    let tmp = tempfile::tempdir()?;
-    img.write_oci_layout(tmp.path(), IMAGE)?;
-    let path = tmp.path().display().to_string();
-    let (code, _, err) = cli(&d, &["image", "import", &path])?;
-    ensure!(code == 0, "import: {err}");
-    Ok(d)
-}
 
 /// Runs the CLI; (exit code, stdout, stderr).
 fn cli(d: &Daemon, args: &[&str]) -> Result<(i32, String, String)> {
@@ -86,18 +56,6 @@ async fn containers(d: &Daemon) -> Result<Vec<v1::Container>> {
         .containers)
 }
 
-async fn status(d: &Daemon, id: &str) -> Result<v1::ContainerStatus> {
-    d.runtime()
-        .container_status(v1::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .context("no container status")
-}
-
 fn entries(dir: &Path) -> Result<Vec<String>> {
     Ok(std::fs::read_dir(dir)?
         .flatten()
@@ -125,11 +83,11 @@ fn wait_child(mut child: std::process::Child, limit: Duration) -> Result<std::pr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_output_exits_with_the_code_and_cleans_up() -> Result<()> {
-    if skip("run_streams_output_exits_with_the_code_and_cleans_up") {
+    if skip_without_cni_and_busybox("run_streams_output_exits_with_the_code_and_cleans_up") {
         return Ok(());
     }
     let net = Net::new()?;
-    let d = daemon_with_image(&net).await?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh", "-c", "echo default command"]).await?;
     let logs = tempfile::tempdir()?;
     let log_root = logs.path().display().to_string();
 
@@ -380,11 +338,11 @@ async fn wait_log(path: &Path, text: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ps_exec_logs_stop_and_rm_on_cri_containers() -> Result<()> {
-    if skip("ps_exec_logs_stop_and_rm_on_cri_containers") {
+    if skip_without_cni_and_busybox("ps_exec_logs_stop_and_rm_on_cri_containers") {
         return Ok(());
     }
     let net = Net::new()?;
-    let d = daemon_with_image(&net).await?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh", "-c", "echo default command"]).await?;
     let logs = tempfile::tempdir()?;
     let pod = run_pod(&d, "clipod", logs.path()).await?;
     let app = start_container(
@@ -398,7 +356,7 @@ async fn ps_exec_logs_stop_and_rm_on_cri_containers() -> Result<()> {
     let done = start_container(&d, &pod, "done", "echo finished; exit 0").await?;
     wait_log(&logs.path().join("app/0.log"), "second").await?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status(&d, &done).await?.state != v1::ContainerState::ContainerExited as i32 {
+    while container_status(&d, &done).await?.state != v1::ContainerState::ContainerExited as i32 {
         ensure!(Instant::now() < deadline, "container done did not exit");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -566,7 +524,7 @@ async fn ps_exec_logs_stop_and_rm_on_cri_containers() -> Result<()> {
     // stop: the container exits; an unknown id is an error
     let stopped = cli_ok(&d, &["stop", "-t", "1", app12])?;
     ensure!(stopped == format!("{app12}\n"), "{stopped:?}");
-    let st = status(&d, &app).await?;
+    let st = container_status(&d, &app).await?;
     ensure!(
         st.state == v1::ContainerState::ContainerExited as i32 && st.exit_code == 137,
         "{st:?}"
@@ -581,7 +539,9 @@ async fn ps_exec_logs_stop_and_rm_on_cri_containers() -> Result<()> {
         code == 1 && err.contains("running"),
         "rm running: {code} {err}"
     );
-    ensure!(status(&d, &busy).await?.state == v1::ContainerState::ContainerRunning as i32);
+    ensure!(
+        container_status(&d, &busy).await?.state == v1::ContainerState::ContainerRunning as i32
+    );
     cli_ok(&d, &["rm", "-f", &busy[..12]])?;
     cli_ok(&d, &["rm", app12, done12, &ticker])?;
     ensure!(containers(&d).await?.is_empty(), "rm left containers");

@@ -7,49 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use unicri_e2e::cni::{Net, PLUGINS};
-use unicri_e2e::daemon::{Daemon, DaemonOpts};
-use unicri_e2e::oci::{Compression, ImageBuilder, busybox_layer};
+use unicri_e2e::cni::Net;
+use unicri_e2e::daemon::Daemon;
+use unicri_e2e::fixtures::{container_status, daemon_with_busybox, skip_without_cni_and_busybox};
 use unicri_proto::v1;
 
 const IMAGE: &str = "docker.io/e2e/busybox:c1";
-
-fn skip(test: &str) -> bool {
-    if Path::new(PLUGINS).join("bridge").exists() && Path::new("/bin/busybox").exists() {
-        return false;
-    }
-    eprintln!(
-        "\n******** SKIP {test}: needs {PLUGINS}/bridge and /bin/busybox (apt-get install -y containernetworking-plugins busybox) ********\n"
-    );
-    true
-}
-
-/// Starts a daemon on a fresh CNI network with the busybox image imported.
-async fn daemon_with_image(net: &Net) -> Result<Daemon> {
-    let d = Daemon::start(DaemonOpts {
-        extra_config: net.config(),
-        ..Default::default()
-    })
-    .await?;
-    let img = ImageBuilder::new()
-        .layer(busybox_layer()?.build(Compression::Gzip)?)
-        .env(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=yes"])
-        .cmd(&["sh"])
-        .build()?;
-    let tmp = tempfile::tempdir()?;
-    img.write_oci_layout(tmp.path(), IMAGE)?;
-    let out = d.cli([
-        std::ffi::OsStr::new("image"),
-        std::ffi::OsStr::new("import"),
-        tmp.path().as_os_str(),
-    ])?;
-    ensure!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(d)
-}
 
 fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {
@@ -132,18 +95,6 @@ async fn start(d: &Daemon, id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn status(d: &Daemon, id: &str) -> Result<v1::ContainerStatus> {
-    d.runtime()
-        .container_status(v1::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .context("no container status")
-}
-
 async fn exec(d: &Daemon, id: &str, cmd: &[&str], timeout: i64) -> Result<v1::ExecSyncResponse> {
     Ok(d.runtime()
         .exec_sync(v1::ExecSyncRequest {
@@ -158,7 +109,7 @@ async fn exec(d: &Daemon, id: &str, cmd: &[&str], timeout: i64) -> Result<v1::Ex
 /// Polls until the container has exited (or 20 s pass).
 async fn wait_exited(d: &Daemon, id: &str) -> Result<v1::ContainerStatus> {
     for _ in 0..200 {
-        let st = status(d, id).await?;
+        let st = container_status(d, id).await?;
         if st.state == v1::ContainerState::ContainerExited as i32 {
             return Ok(st);
         }
@@ -204,11 +155,11 @@ async fn remove_pod(d: &Daemon, id: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
-    if skip("container_lifecycle_logs_exec_and_stop") {
+    if skip_without_cni_and_busybox("container_lifecycle_logs_exec_and_stop") {
         return Ok(());
     }
     let net = Net::new()?;
-    let d = daemon_with_image(&net).await?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
     let logs = tempfile::tempdir()?;
     let pod = run_pod(&d, "life", logs.path()).await?;
     let mut rt = d.runtime();
@@ -228,7 +179,7 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
     )
     .await?;
     ensure!(id.len() == 64, "id {id}");
-    let st = status(&d, &id).await?;
+    let st = container_status(&d, &id).await?;
     ensure!(
         st.state == v1::ContainerState::ContainerCreated as i32,
         "{st:?}"
@@ -276,7 +227,7 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
     );
 
     start(&d, &id).await?;
-    let st = status(&d, &id).await?;
+    let st = container_status(&d, &id).await?;
     ensure!(
         st.state == v1::ContainerState::ContainerRunning as i32,
         "{st:?}"
@@ -432,7 +383,7 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
         timeout: 1,
     })
     .await?;
-    let st = status(&d, &id).await?;
+    let st = container_status(&d, &id).await?;
     ensure!(
         st.state == v1::ContainerState::ContainerExited as i32,
         "{st:?}"
@@ -476,7 +427,7 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
         timeout: 10,
     })
     .await?;
-    let st = status(&d, &trapper).await?;
+    let st = container_status(&d, &trapper).await?;
     ensure!(st.exit_code == 5, "stop signal right after start: {st:?}");
 
     // a container that ends by itself: Completed / Error with its code
@@ -520,11 +471,11 @@ async fn container_lifecycle_logs_exec_and_stop() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
-    if skip("containers_survive_kill_9_of_the_daemon") {
+    if skip_without_cni_and_busybox("containers_survive_kill_9_of_the_daemon") {
         return Ok(());
     }
     let net = Net::new()?;
-    let mut d = daemon_with_image(&net).await?;
+    let mut d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
     let logs = tempfile::tempdir()?;
     let pod = run_pod(&d, "restart", logs.path()).await?;
 
@@ -549,7 +500,7 @@ async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
     .await?;
     start(&d, &ticker).await?;
     start(&d, &ender).await?;
-    let before = status(&d, &ticker).await?;
+    let before = container_status(&d, &ticker).await?;
     let log = pod.log_dir.join("ticker/0.log");
 
     d.kill9();
@@ -562,7 +513,7 @@ async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
     );
     d.restart().await?;
 
-    let after = status(&d, &ticker).await?;
+    let after = container_status(&d, &ticker).await?;
     ensure!(
         after.state == v1::ContainerState::ContainerRunning as i32,
         "{after:?}"
@@ -571,7 +522,7 @@ async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
         after.created_at == before.created_at && after.started_at == before.started_at,
         "times changed across the restart"
     );
-    let st = status(&d, &ender).await?;
+    let st = container_status(&d, &ender).await?;
     ensure!(
         st.state == v1::ContainerState::ContainerExited as i32 && st.exit_code == 42,
         "exit while the daemon was down: {st:?}"
@@ -595,11 +546,11 @@ async fn containers_survive_kill_9_of_the_daemon() -> Result<()> {
 /// record or row — and kubelet's retry of the same pod and container succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_run_pod_and_create_container_rolls_back() -> Result<()> {
-    if skip("crash_mid_run_pod_and_create_container_rolls_back") {
+    if skip_without_cni_and_busybox("crash_mid_run_pod_and_create_container_rolls_back") {
         return Ok(());
     }
     let net = Net::new()?;
-    let mut d = daemon_with_image(&net).await?;
+    let mut d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
     let logs = tempfile::tempdir()?;
     let mounts_before = unicri_e2e::leaks::mounts_under(&d.state).len();
 
@@ -692,7 +643,7 @@ async fn crash_mid_run_pod_and_create_container_rolls_back() -> Result<()> {
     // the retry works and the container runs
     let cid = create(&d, &pod, container_config("app", &["sleep", "1000"])).await?;
     start(&d, &cid).await?;
-    let st = status(&d, &cid).await?;
+    let st = container_status(&d, &cid).await?;
     ensure!(
         st.state == v1::ContainerState::ContainerRunning as i32,
         "{st:?}"
@@ -740,11 +691,11 @@ fn out(r: &v1::ExecSyncResponse) -> String {
 /// with 137), pod-to-pod traffic over the bridge and a hostPort.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_limits_dns_and_networking() -> Result<()> {
-    if skip("security_limits_dns_and_networking") {
+    if skip_without_cni_and_busybox("security_limits_dns_and_networking") {
         return Ok(());
     }
     let net = Net::new()?;
-    let d = daemon_with_image(&net).await?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
     let logs = tempfile::tempdir()?;
     let mut cfg = pod_config("sec", &logs.path().join("sec"));
     cfg.dns_config = Some(v1::DnsConfig {
@@ -973,11 +924,11 @@ async fn security_limits_dns_and_networking() -> Result<()> {
 /// the init (the leak check at `finish` finds any process left).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_pid_namespace_has_a_pod_init() -> Result<()> {
-    if skip("shared_pid_namespace_has_a_pod_init") {
+    if skip_without_cni_and_busybox("shared_pid_namespace_has_a_pod_init") {
         return Ok(());
     }
     let net = Net::new()?;
-    let d = daemon_with_image(&net).await?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
     let logs = tempfile::tempdir()?;
     let mut cfg = pod_config("shared", &logs.path().join("shared"));
     cfg.linux = Some(v1::LinuxPodSandboxConfig {

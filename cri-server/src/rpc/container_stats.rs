@@ -17,6 +17,17 @@ fn u(v: Option<u64>) -> Option<v1::UInt64Value> {
     })
 }
 
+/// The cgroup hierarchies' mount points, read from mountinfo once: a stats listing asks for every
+/// container and the hierarchies do not move while the daemon runs.
+fn cgroup_roots() -> &'static [std::path::PathBuf] {
+    static ROOTS: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        CgroupManager::detect()
+            .map(|m| m.roots())
+            .unwrap_or_default()
+    })
+}
+
 /// CPU and memory usage of cgroup `path`.
 pub(crate) fn cgroup_usage(
     cri: &Cri,
@@ -25,9 +36,7 @@ pub(crate) fn cgroup_usage(
 ) -> (v1::CpuUsage, v1::MemoryUsage, cgroups::CgroupStats) {
     let now = now_nanos();
     let s = if running {
-        CgroupManager::detect()
-            .map(|m| cgroups::stats(&m.roots(), path))
-            .unwrap_or_default()
+        cgroups::stats(cgroup_roots(), path)
     } else {
         cgroups::CgroupStats::default()
     };

@@ -6,9 +6,6 @@ use super::container_stats::stats_of;
 use crate::error::CriError;
 use crate::server::Cri;
 
-/// Stats per `StreamContainerStats` message.
-const STREAM_PAGE: usize = 100;
-
 async fn filtered(
     cri: &Cri,
     filter: Option<v1::ContainerStatsFilter>,
@@ -31,11 +28,7 @@ async fn filtered(
     Ok(all
         .iter()
         .filter(|c| f.id.is_empty() || c.row.id.starts_with(&f.id))
-        .filter(|c| {
-            f.label_selector
-                .iter()
-                .all(|(k, v)| c.config.labels.get(k) == Some(v))
-        })
+        .filter(|c| super::labels_match(&f.label_selector, &c.config.labels))
         .map(|c| stats_of(cri, c))
         .collect())
 }
@@ -54,10 +47,7 @@ pub(crate) async fn stream_container_stats(
     req: v1::StreamContainerStatsRequest,
 ) -> Result<Vec<v1::StreamContainerStatsResponse>, CriError> {
     let all = filtered(cri, req.filter).await?;
-    Ok(all
-        .chunks(STREAM_PAGE)
-        .map(|c| v1::StreamContainerStatsResponse {
-            container_stats: c.to_vec(),
-        })
-        .collect())
+    Ok(super::pages(&all, |container_stats| {
+        v1::StreamContainerStatsResponse { container_stats }
+    }))
 }

@@ -6,9 +6,6 @@ use super::container_status::{cri_state, to_cri_container};
 use crate::error::CriError;
 use crate::server::Cri;
 
-/// Containers per `StreamContainers` message.
-const STREAM_PAGE: usize = 100;
-
 async fn filtered(
     cri: &Cri,
     filter: Option<v1::ContainerFilter>,
@@ -34,11 +31,7 @@ async fn filtered(
         {
             continue;
         }
-        if !f
-            .label_selector
-            .iter()
-            .all(|(k, v)| c.config.labels.get(k) == Some(v))
-        {
+        if !super::labels_match(&f.label_selector, &c.config.labels) {
             continue;
         }
         out.push(to_cri_container(&c));
@@ -60,10 +53,7 @@ pub(crate) async fn stream_containers(
     req: v1::StreamContainersRequest,
 ) -> Result<Vec<v1::StreamContainersResponse>, CriError> {
     let all = filtered(cri, req.filter).await?;
-    Ok(all
-        .chunks(STREAM_PAGE)
-        .map(|c| v1::StreamContainersResponse {
-            containers: c.to_vec(),
-        })
-        .collect())
+    Ok(super::pages(&all, |containers| {
+        v1::StreamContainersResponse { containers }
+    }))
 }

@@ -6,9 +6,6 @@ use super::to_cri_image;
 use crate::error::CriError;
 use crate::server::Cri;
 
-/// Images per `StreamImages` message.
-const STREAM_PAGE: usize = 100;
-
 async fn filtered(cri: &Cri, filter: Option<v1::ImageFilter>) -> Result<Vec<v1::Image>, CriError> {
     let spec = filter
         .and_then(|f| f.image)
@@ -40,8 +37,7 @@ pub(crate) async fn stream_images(
     req: v1::StreamImagesRequest,
 ) -> Result<Vec<v1::StreamImagesResponse>, CriError> {
     let all = filtered(cri, req.filter).await?;
-    Ok(all
-        .chunks(STREAM_PAGE)
-        .map(|c| v1::StreamImagesResponse { images: c.to_vec() })
-        .collect())
+    Ok(super::pages(&all, |images| v1::StreamImagesResponse {
+        images,
+    }))
 }

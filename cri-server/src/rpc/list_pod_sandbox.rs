@@ -7,9 +7,6 @@ use crate::error::CriError;
 use crate::pods::READY;
 use crate::server::Cri;
 
-/// Pods per `StreamPodSandboxes` message.
-const STREAM_PAGE: usize = 100;
-
 async fn filtered(
     cri: &Cri,
     filter: Option<v1::PodSandboxFilter>,
@@ -29,11 +26,7 @@ async fn filtered(
         if f.state.as_ref().is_some_and(|s| s.state != state) {
             continue;
         }
-        if !f
-            .label_selector
-            .iter()
-            .all(|(k, v)| p.config.labels.get(k) == Some(v))
-        {
+        if !super::labels_match(&f.label_selector, &p.config.labels) {
             continue;
         }
         let st = status_of(&p);
@@ -64,10 +57,7 @@ pub(crate) async fn stream_pod_sandboxes(
     req: v1::StreamPodSandboxesRequest,
 ) -> Result<Vec<v1::StreamPodSandboxesResponse>, CriError> {
     let all = filtered(cri, req.filter).await?;
-    Ok(all
-        .chunks(STREAM_PAGE)
-        .map(|c| v1::StreamPodSandboxesResponse {
-            pod_sandboxes: c.to_vec(),
-        })
-        .collect())
+    Ok(super::pages(&all, |pod_sandboxes| {
+        v1::StreamPodSandboxesResponse { pod_sandboxes }
+    }))
 }

@@ -6,9 +6,6 @@ use super::pod_sandbox_stats::pod_stats_of;
 use crate::error::CriError;
 use crate::server::Cri;
 
-/// Stats per `StreamPodSandboxStats` message.
-const STREAM_PAGE: usize = 100;
-
 async fn filtered(
     cri: &Cri,
     filter: Option<v1::PodSandboxStatsFilter>,
@@ -19,11 +16,7 @@ async fn filtered(
         if !f.id.is_empty() && !p.row.id.starts_with(&f.id) {
             continue;
         }
-        if !f
-            .label_selector
-            .iter()
-            .all(|(k, v)| p.config.labels.get(k) == Some(v))
-        {
+        if !super::labels_match(&f.label_selector, &p.config.labels) {
             continue;
         }
         out.push(pod_stats_of(cri, &p).await?);
@@ -45,10 +38,7 @@ pub(crate) async fn stream_pod_sandbox_stats(
     req: v1::StreamPodSandboxStatsRequest,
 ) -> Result<Vec<v1::StreamPodSandboxStatsResponse>, CriError> {
     let all = filtered(cri, req.filter).await?;
-    Ok(all
-        .chunks(STREAM_PAGE)
-        .map(|c| v1::StreamPodSandboxStatsResponse {
-            pod_sandbox_stats: c.to_vec(),
-        })
-        .collect())
+    Ok(super::pages(&all, |pod_sandbox_stats| {
+        v1::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+    }))
 }

@@ -48,3 +48,19 @@ pub(crate) fn to_cri_image(img: &StoredImage) -> v1::Image {
         pinned: img.row.pinned,
     }
 }
+
+/// Items per message of the `Stream*` RPCs.
+const STREAM_PAGE: usize = 100;
+
+/// Splits a listing into `Stream*` messages of [`STREAM_PAGE`] items.
+pub(crate) fn pages<T: Clone, R>(all: &[T], wrap: impl Fn(Vec<T>) -> R) -> Vec<R> {
+    all.chunks(STREAM_PAGE).map(|c| wrap(c.to_vec())).collect()
+}
+
+/// CRI's label selector: every pair must be among `labels` (MatchLabels only).
+pub(crate) fn labels_match(
+    selector: &std::collections::HashMap<String, String>,
+    labels: &std::collections::HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
