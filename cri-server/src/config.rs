@@ -31,6 +31,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Pod networking.
     pub cni: CniConfig,
+    /// The streaming server (exec, attach, port-forward).
+    pub streaming: StreamingConfig,
     /// Runtime handlers by name (the CRI `runtime_handler` / RuntimeClass handler).
     pub runtimes: BTreeMap<String, RuntimeConfig>,
 }
@@ -56,6 +58,23 @@ pub struct RegistryConfig {
     pub credentials_file: Option<PathBuf>,
     /// Layer downloads in flight per pull.
     pub max_concurrent_downloads: usize,
+}
+
+/// `[streaming]`
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// `ip:port` the streaming server listens on (port 0: any free port). The URLs handed to
+    /// clients name this address.
+    pub address: String,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:0".into(),
+        }
+    }
 }
 
 /// `[cni]`
@@ -100,6 +119,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             registry: RegistryConfig::default(),
             cni: CniConfig::default(),
+            streaming: StreamingConfig::default(),
             runtimes,
         }
     }
@@ -195,6 +215,17 @@ impl Config {
                     p.display()
                 )));
             }
+        }
+        if self
+            .streaming
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "streaming.address must be ip:port, got {:?}",
+                self.streaming.address
+            )));
         }
         if self.registry.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(

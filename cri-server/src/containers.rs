@@ -13,7 +13,10 @@ use unicri_mounts::OverlayRootfs;
 use unicri_proto::v1;
 use unicri_runtime_linux::cgroups::CgroupManager;
 use unicri_runtime_linux::keeper::KeeperClient;
-use unicri_runtime_linux::keeper::proto::{ContainerInfo, CreateRequest, ExecRequest, ExecResult};
+use unicri_runtime_linux::keeper::KeeperSession;
+use unicri_runtime_linux::keeper::proto::{
+    ContainerInfo, CreateRequest, ExecRequest, ExecResult, ExecStreamRequest, Request,
+};
 use unicri_sandbox::ErrorKind;
 use unicri_sandbox::container::{ContainerSpec, ContainerState};
 use unicri_sandbox::pod::PidMode;
@@ -390,6 +393,7 @@ impl Containers {
                 oom_score_adj: spec.resources.oom_score_adj,
                 cgroup_dirs,
                 stdin: spec.stdin,
+                stdin_once: spec.stdin_once,
             })
             .await
             .map_err(|e| CriError::from_classified("create container", &e))?;
@@ -675,6 +679,53 @@ impl Containers {
             })
             .await
             .map_err(|e| CriError::from_classified("exec in container", &e))
+    }
+
+    /// A keeper session running `cmd` in the running container `id` (CRI Exec, once its client
+    /// connected).
+    pub async fn open_exec_stream(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+    ) -> Result<KeeperSession, CriError> {
+        self.keeper
+            .stream(&Request::ExecStream(ExecStreamRequest {
+                id: id.to_string(),
+                argv: cmd,
+                tty,
+                stdin,
+            }))
+            .await
+            .map_err(|e| CriError::from_classified("exec in container", &e))
+    }
+
+    /// A keeper session joined to the stdio of the running container `id` (CRI Attach).
+    pub async fn open_attach(&self, id: &str, stdin: bool) -> Result<KeeperSession, CriError> {
+        self.keeper
+            .stream(&Request::Attach {
+                id: id.to_string(),
+                stdin,
+            })
+            .await
+            .map_err(|e| CriError::from_classified("attach to container", &e))
+    }
+
+    /// The running container `id` names (for Exec and Attach): its full id and whether it
+    /// was created with stdin.
+    pub async fn running(&self, id: &str) -> Result<(String, bool), CriError> {
+        let c = self
+            .resolve(id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
+        if ContainerState::parse(&c.row.state) != ContainerState::Running {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("container {} is not running", c.row.id),
+            ));
+        }
+        Ok((c.row.id.clone(), c.config.stdin))
     }
 
     /// `ReopenContainerLog`.

@@ -165,11 +165,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::recover::recover(&store, &pods, &containers)
         .await
         .map_err(|e| anyhow::anyhow!("recover: {}", e.message))?;
+    let stream_addr: std::net::SocketAddr = config
+        .streaming
+        .address
+        .parse()
+        .context("streaming.address")?;
+    let streaming = unicri_streaming::Server::start(
+        stream_addr,
+        Arc::new(crate::streaming::Streams {
+            containers: containers.clone(),
+            pods: pods.clone(),
+        }),
+    )
+    .await
+    .with_context(|| format!("start the streaming server on {stream_addr}"))?;
     let cri = Arc::new(Cri {
         config,
         images,
         pods,
         containers,
+        streaming,
     });
 
     let listener = bind_socket(&address).await?;

@@ -17,6 +17,7 @@ mod recover;
 mod reserve;
 mod rpc;
 mod server;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -24,6 +24,8 @@ pub struct Cri {
     pub pods: Arc<crate::pods::Pods>,
     /// Containers.
     pub containers: Arc<crate::containers::Containers>,
+    /// The streaming server (Exec, Attach, PortForward URLs).
+    pub streaming: unicri_streaming::Server,
 }
 
 type Resp<T> = Result<Response<T>, Status>;
@@ -253,17 +255,32 @@ impl v1::runtime_service_server::RuntimeService for Cri {
         )
         .await
     }
-    async fn exec(&self, _: Request<v1::ExecRequest>) -> Resp<v1::ExecResponse> {
-        not_yet!("Exec", SURFACE_ISSUE)
+    async fn exec(&self, req: Request<v1::ExecRequest>) -> Resp<v1::ExecResponse> {
+        rpc(
+            "Exec",
+            Level::Mutating,
+            r::streaming::exec(self, req.into_inner()),
+        )
+        .await
     }
-    async fn attach(&self, _: Request<v1::AttachRequest>) -> Resp<v1::AttachResponse> {
-        not_yet!("Attach", SURFACE_ISSUE)
+    async fn attach(&self, req: Request<v1::AttachRequest>) -> Resp<v1::AttachResponse> {
+        rpc(
+            "Attach",
+            Level::Mutating,
+            r::streaming::attach(self, req.into_inner()),
+        )
+        .await
     }
     async fn port_forward(
         &self,
-        _: Request<v1::PortForwardRequest>,
+        req: Request<v1::PortForwardRequest>,
     ) -> Resp<v1::PortForwardResponse> {
-        not_yet!("PortForward", SURFACE_ISSUE)
+        rpc(
+            "PortForward",
+            Level::Mutating,
+            r::streaming::port_forward(self, req.into_inner()),
+        )
+        .await
     }
     async fn container_stats(
         &self,

@@ -24,6 +24,7 @@ pub mod start_container;
 pub mod status;
 pub mod stop_container;
 pub mod stop_pod_sandbox;
+pub mod streaming;
 pub mod update_runtime_config;
 pub mod version;
 

@@ -139,7 +139,7 @@ pub enum FrameError {
     StreamZero(u16),
 }
 
-fn stream_id(v: u32) -> u32 {
+fn sid(v: u32) -> u32 {
     v & 0x7fff_ffff
 }
 
@@ -159,7 +159,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     let mut p = buf.split_to(len).freeze();
     if first & 0x8000_0000 == 0 {
         return Ok(Some(Frame::Data {
-            stream_id: stream_id(first),
+            stream_id: sid(first),
             flags,
             data: p,
         }));
@@ -186,8 +186,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     let frame = match kind {
         SYN_STREAM => {
             need(10)?;
-            let stream_id = stream_id(p.get_u32());
-            let associated_to = stream_id(p.get_u32());
+            let stream_id = sid(p.get_u32());
+            let associated_to = sid(p.get_u32());
             let priority = p.get_u8() >> 5;
             let _slot = p.get_u8();
             if stream_id == 0 {
@@ -204,7 +204,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         SYN_REPLY => {
             need(4)?;
             Frame::SynReply {
-                stream_id: stream_id(p.get_u32()),
+                stream_id: sid(p.get_u32()),
                 flags,
                 block: p,
             }
@@ -212,7 +212,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         RST_STREAM => {
             exact(8)?;
             Frame::RstStream {
-                stream_id: stream_id(p.get_u32()),
+                stream_id: sid(p.get_u32()),
                 status: p.get_u32(),
             }
         }
@@ -234,7 +234,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         GOAWAY => {
             // SPDY/2 peers send no status
             need(4)?;
-            let last_good_stream_id = stream_id(p.get_u32());
+            let last_good_stream_id = sid(p.get_u32());
             let status = if p.remaining() >= 4 { p.get_u32() } else { 0 };
             Frame::GoAway {
                 last_good_stream_id,
@@ -244,7 +244,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         HEADERS => {
             need(4)?;
             Frame::Headers {
-                stream_id: stream_id(p.get_u32()),
+                stream_id: sid(p.get_u32()),
                 flags,
                 block: p,
             }
@@ -252,7 +252,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         WINDOW_UPDATE => {
             exact(8)?;
             Frame::WindowUpdate {
-                stream_id: stream_id(p.get_u32()),
+                stream_id: sid(p.get_u32()),
                 delta: p.get_u32() & 0x7fff_ffff,
             }
         }

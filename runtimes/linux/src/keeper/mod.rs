@@ -8,10 +8,12 @@
 //! * [`worker`]: forked workers that run libcontainer creates in parallel.
 //! * [`KeeperClient`]: the daemon's side; it starts a keeper when none answers.
 
+mod fdio;
 pub mod logs;
 pub mod podinit;
 pub mod proto;
 pub mod server;
+mod stream;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -314,6 +316,47 @@ impl KeeperClient {
         }
     }
 
+    /// Opens a streaming session ([`Request::ExecStream`] or [`Request::Attach`]): the keeper's
+    /// answer is read, then the connection carries [`proto::frame`]s. A keeper that does not run
+    /// holds no container, so that is `not_found`.
+    pub async fn stream(&self, req: &Request) -> Result<KeeperSession, LinuxError> {
+        let refused = |kind: &str, message: String| LinuxError::KeeperRefused {
+            op: op_name(req),
+            kind: kind.into(),
+            message,
+        };
+        let stream = UnixStream::connect(&self.paths.socket).await.map_err(|e| {
+            refused(
+                "not_found",
+                format!("no keeper runs, so no container does ({e})"),
+            )
+        })?;
+        let (rd, mut wr) = stream.into_split();
+        let mut line = serde_json::to_vec(req).map_err(|e| LinuxError::Keeper {
+            op: op_name(req),
+            message: e.to_string(),
+        })?;
+        line.push(b'\n');
+        let broken = |message: String| LinuxError::Keeper {
+            op: op_name(req),
+            message,
+        };
+        wr.write_all(&line)
+            .await
+            .map_err(|e| broken(format!("send to keeper: {e}")))?;
+        let mut reader = BufReader::new(rd);
+        let mut answer = String::new();
+        tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut answer))
+            .await
+            .map_err(|_| broken("timed out waiting for the keeper".into()))?
+            .map_err(|e| broken(format!("read from keeper: {e}")))?;
+        match serde_json::from_str::<Response>(&answer) {
+            Ok(Response::Ok) => Ok(KeeperSession { reader, writer: wr }),
+            Ok(other) => Err(unexpected(req, other)),
+            Err(e) => Err(broken(format!("bad keeper answer {answer:?}: {e}"))),
+        }
+    }
+
     /// ReopenContainerLog.
     pub async fn reopen_log(&self, id: &str) -> Result<(), LinuxError> {
         let op = Request::ReopenLog { id: id.into() };
@@ -325,6 +368,15 @@ impl KeeperClient {
         let op = Request::Delete { id: id.into() };
         expect_ok(&op, self.call(&op, Duration::from_secs(15)).await?)
     }
+}
+
+/// An open streaming session with the keeper (see [`KeeperClient::stream`]).
+#[derive(Debug)]
+pub struct KeeperSession {
+    /// Frames from the keeper.
+    pub reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    /// Frames to the keeper.
+    pub writer: tokio::net::unix::OwnedWriteHalf,
 }
 
 enum CallError {
@@ -365,6 +417,8 @@ fn op_name(req: &Request) -> &'static str {
         Request::List => "list",
         Request::Wait { .. } => "wait",
         Request::Exec(_) => "exec",
+        Request::ExecStream(_) => "exec_stream",
+        Request::Attach { .. } => "attach",
         Request::ReopenLog { .. } => "reopen_log",
         Request::Delete { .. } => "delete",
     }

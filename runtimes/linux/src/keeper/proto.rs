@@ -54,6 +54,17 @@ pub enum Request {
     },
     /// Run a command in the container and collect its output (CRI ExecSync).
     Exec(ExecRequest),
+    /// Run a command with live stdio (CRI Exec). After the `Ok` line the connection carries
+    /// [`frame`]s both ways; closing it kills the command.
+    ExecStream(ExecStreamRequest),
+    /// Join the container's live stdio (CRI Attach). After the `Ok` line the connection carries
+    /// [`frame`]s; it ends (with an exit frame) when the container's output ends.
+    Attach {
+        /// Container id.
+        id: String,
+        /// Forward stdin frames to the container's stdin.
+        stdin: bool,
+    },
     /// Close and reopen the container's log file (after kubelet rotated it).
     ReopenLog {
         /// Container id.
@@ -83,6 +94,22 @@ pub struct CreateRequest {
     /// Directories of the container's cgroup (one per hierarchy), read for OOM kills.
     pub cgroup_dirs: Vec<PathBuf>,
     /// Keep a stdin pipe (for attach); otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+    /// Close the container's stdin when the first attach that wrote to it closes its stdin.
+    pub stdin_once: bool,
+}
+
+/// [`Request::ExecStream`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExecStreamRequest {
+    /// Container id.
+    pub id: String,
+    /// Command and arguments.
+    pub argv: Vec<String>,
+    /// Run on a terminal (its master is held by the keeper; stdout carries both streams).
+    pub tty: bool,
+    /// Give the command a stdin (else `/dev/null`).
     pub stdin: bool,
 }
 
@@ -164,4 +191,84 @@ pub enum Response {
         /// What went wrong (lowercase, with context).
         message: String,
     },
+}
+
+/// The frames of a streaming connection ([`Request::ExecStream`], [`Request::Attach`]) after the
+/// response line: `kind` (1 byte), payload length (4 bytes, big-endian), payload.
+pub mod frame {
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    /// Daemon to keeper: stdin data.
+    pub const STDIN: u8 = 0;
+    /// Keeper to daemon: stdout data.
+    pub const STDOUT: u8 = 1;
+    /// Keeper to daemon: stderr data.
+    pub const STDERR: u8 = 2;
+    /// Keeper to daemon: the end; payload is the exit code (i32, big-endian).
+    pub const EXIT: u8 = 3;
+    /// Daemon to keeper: stdin closed.
+    pub const STDIN_CLOSE: u8 = 4;
+    /// Daemon to keeper: terminal size, width then height (u16 each, big-endian).
+    pub const RESIZE: u8 = 5;
+
+    /// Largest payload accepted.
+    pub const MAX: usize = 1 << 20;
+
+    /// One encoded frame.
+    pub fn encode(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(payload.len() + 5);
+        v.push(kind);
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// Reads one frame; `Ok(None)` at a clean end of the stream.
+    pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<(u8, Vec<u8>)>> {
+        let mut head = [0u8; 5];
+        match r.read_exact(&mut head[..1]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        r.read_exact(&mut head[1..]).await?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("keeper frame of {len} bytes"),
+            ));
+        }
+        let mut payload = vec![0u8; len];
+        r.read_exact(&mut payload).await?;
+        Ok(Some((head[0], payload)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn frames_round_trip() {
+            let mut wire = encode(STDOUT, b"hello");
+            wire.extend(encode(EXIT, &7i32.to_be_bytes()));
+            wire.extend(encode(STDIN_CLOSE, b""));
+            let mut r = &wire[..];
+            assert_eq!(
+                read(&mut r).await.expect("ok"),
+                Some((STDOUT, b"hello".to_vec()))
+            );
+            assert_eq!(
+                read(&mut r).await.expect("ok"),
+                Some((EXIT, 7i32.to_be_bytes().to_vec()))
+            );
+            assert_eq!(
+                read(&mut r).await.expect("ok"),
+                Some((STDIN_CLOSE, Vec::new()))
+            );
+            assert_eq!(read(&mut r).await.expect("ok"), None);
+            let mut torn = &wire[..3];
+            assert!(read(&mut torn).await.is_err());
+        }
+    }
 }

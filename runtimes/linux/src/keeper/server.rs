@@ -22,10 +22,12 @@ use nix::unistd::{Pid, pipe2};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use unicri_sandbox::container::ExitStatus;
 
+use super::fdio::FdIo;
 use super::logs::{LineSplitter, LogFile, Stream};
+use super::proto::frame;
 use super::proto::{
     ContainerInfo, CreateRequest, EXEC_OUTPUT_LIMIT, ExecRequest, ExecResult, PROTOCOL_VERSION,
     Request, Response,
@@ -44,34 +46,48 @@ pub struct KeeperConfig {
 /// A container record as persisted in `records/<id>.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
-struct Record {
-    info: ContainerInfo,
+pub(super) struct Record {
+    pub(super) info: ContainerInfo,
     bundle: PathBuf,
     cgroup_dirs: Vec<PathBuf>,
 }
 
-struct Entry {
-    record: Record,
+pub(super) struct Entry {
+    pub(super) record: Record,
     log: Option<LogFile>,
-    /// Kept open so an attach can be added later; dropped on delete.
-    _stdin: Option<OwnedFd>,
+    /// The container's stdin (when it asked for one): written by attaches, dropped on delete
+    /// or, with `stdin_once`, when the first attach closes its stdin.
+    pub(super) stdin: Option<Rc<FdIo>>,
+    /// See [`CreateRequest::stdin_once`].
+    pub(super) stdin_once: bool,
+    /// The container's live output for attaches (`None`: not held, e.g. after a keeper restart).
+    pub(super) output: Option<Output>,
     /// `true` once the init has exited.
-    exited: watch::Sender<bool>,
+    pub(super) exited: watch::Sender<bool>,
     /// Not our child (loaded after a keeper restart): polled instead of reaped.
     adopted: bool,
 }
 
+/// A container's output as it is read: `(frame kind, data)` to every attach; a
+/// [`frame::EXIT`] message once both streams ended.
+#[derive(Clone)]
+pub(super) struct Output {
+    pub(super) tx: broadcast::Sender<(u8, Vec<u8>)>,
+    /// Output streams still open.
+    pub(super) open: Rc<std::cell::Cell<u8>>,
+}
+
 #[derive(Default)]
-struct State {
-    containers: HashMap<String, Entry>,
+pub(super) struct State {
+    pub(super) containers: HashMap<String, Entry>,
     /// Ids whose create is in progress.
     creating: std::collections::HashSet<String>,
-    execs: HashMap<i32, oneshot::Sender<i32>>,
+    pub(super) execs: HashMap<i32, oneshot::Sender<i32>>,
     busy: usize,
     last_activity: Option<Instant>,
 }
 
-type Shared = Rc<RefCell<State>>;
+pub(super) type Shared = Rc<RefCell<State>>;
 
 /// Runs the keeper until it is idle long enough (or SIGTERM while it holds no container).
 /// Returns `Ok(false)` when another keeper already owns `dir`.
@@ -165,25 +181,40 @@ async fn handle_conn(
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(rd).read_line(&mut line).await?;
+    let mut rd = BufReader::new(rd);
+    rd.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::ExecStream(req)) => {
+            return super::stream::exec(req, state, paths, rd, wr).await;
+        }
+        Ok(Request::Attach { id, stdin }) => {
+            return super::stream::attach(&id, stdin, state, rd, wr).await;
+        }
         Ok(req) => dispatch(req, state, paths).await,
         Err(e) => error("invalid_argument", format!("bad keeper request: {e}")),
     };
-    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    wr.write_all(&out).await?;
+    respond(&mut wr, &response).await?;
     wr.shutdown().await
 }
 
-fn error(kind: &str, message: impl Into<String>) -> Response {
+/// Writes one response line.
+pub(super) async fn respond(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    wr.write_all(&out).await
+}
+
+pub(super) fn error(kind: &str, message: impl Into<String>) -> Response {
     Response::Error {
         kind: kind.into(),
         message: message.into(),
     }
 }
 
-fn not_found(id: &str) -> Response {
+pub(super) fn not_found(id: &str) -> Response {
     error(
         "not_found",
         format!("container {id} is not known to the keeper"),
@@ -214,6 +245,10 @@ async fn dispatch(req: Request, state: &Shared, paths: &KeeperPaths) -> Response
         },
         Request::Wait { id, timeout_ms } => wait(&id, timeout_ms, state).await,
         Request::Exec(e) => exec(e, state, paths).await,
+        // answered in `handle_conn`
+        Request::ExecStream(_) | Request::Attach { .. } => {
+            error("invalid_argument", "streaming request in the wrong place")
+        }
         Request::ReopenLog { id } => {
             let st = state.borrow();
             match st.containers.get(&id) {
@@ -235,7 +270,7 @@ async fn dispatch(req: Request, state: &Shared, paths: &KeeperPaths) -> Response
     }
 }
 
-fn container_root(paths: &KeeperPaths, id: &str) -> PathBuf {
+pub(super) fn container_root(paths: &KeeperPaths, id: &str) -> PathBuf {
     paths.libcontainer_root.join(id)
 }
 
@@ -277,14 +312,27 @@ async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Resp
             };
             persist(paths, &record);
             let (exited, _) = watch::channel(false);
-            spawn_log_pump(out_rd, Stream::Stdout, log.clone());
-            spawn_log_pump(err_rd, Stream::Stderr, log.clone());
+            let output = Output {
+                tx: broadcast::channel(256).0,
+                open: Rc::new(std::cell::Cell::new(2)),
+            };
+            spawn_log_pump(out_rd, Stream::Stdout, log.clone(), Some(output.clone()));
+            spawn_log_pump(err_rd, Stream::Stderr, log.clone(), Some(output.clone()));
+            let stdin = match stdin.map(FdIo::new).transpose() {
+                Ok(s) => s.map(Rc::new),
+                Err(error) => {
+                    tracing::warn!(id = %req.id, %error, "container stdin unusable");
+                    None
+                }
+            };
             state.borrow_mut().containers.insert(
                 req.id.clone(),
                 Entry {
                     record,
                     log,
-                    _stdin: stdin,
+                    stdin,
+                    stdin_once: req.stdin_once,
+                    output: Some(output),
                     exited,
                     adopted: false,
                 },
@@ -371,7 +419,11 @@ fn set_oom_score_adj(pid: i32, value: i64) {
     }
 }
 
-fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>) {
+fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>, output: Option<Output>) {
+    let kind = match stream {
+        Stream::Stdout => frame::STDOUT,
+        Stream::Stderr => frame::STDERR,
+    };
     tokio::task::spawn_local(async move {
         let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => rx,
@@ -389,6 +441,11 @@ fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>) {
                     if let Some(log) = &log {
                         splitter.feed(&buf[..n], log);
                     }
+                    if let Some(out) = &output
+                        && out.tx.receiver_count() > 0
+                    {
+                        let _ = out.tx.send((kind, buf[..n].to_vec()));
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => {
@@ -399,6 +456,12 @@ fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>) {
         }
         if let Some(log) = &log {
             splitter.finish(log);
+        }
+        if let Some(out) = &output {
+            out.open.set(out.open.get().saturating_sub(1));
+            if out.open.get() == 0 {
+                let _ = out.tx.send((frame::EXIT, Vec::new()));
+            }
         }
     });
 }
@@ -430,7 +493,9 @@ fn pod_init(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
                 Entry {
                     record,
                     log: None,
-                    _stdin: None,
+                    stdin: None,
+                    stdin_once: false,
+                    output: None,
                     exited,
                     adopted: false,
                 },
@@ -530,7 +595,7 @@ async fn wait(id: &str, timeout_ms: u64, state: &Shared) -> Response {
 
 /// Reaps every exited child: container inits get their exit recorded, exec processes are handed
 /// to their waiter, anything else (reparented orphans) is just reaped.
-fn reap(state: &Shared, paths: &KeeperPaths) {
+pub(super) fn reap(state: &Shared, paths: &KeeperPaths) {
     loop {
         let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
@@ -682,48 +747,115 @@ async fn exec(req: ExecRequest, state: &Shared, paths: &KeeperPaths) -> Response
 }
 
 fn spawn_exec(req: &ExecRequest, paths: &KeeperPaths) -> Result<(i32, OwnedFd, OwnedFd), String> {
-    let root = container_root(paths, &req.id);
+    let spawned = spawn_process(
+        &req.id,
+        &req.argv,
+        &ExecStdio::Pipes { stdin: false },
+        paths,
+    )?;
+    match (spawned.stdout, spawned.stderr) {
+        (Some(out), Some(err)) => Ok((spawned.pid, out, err)),
+        _ => Err("exec started without output pipes".into()),
+    }
+}
+
+/// How an exec'd process gets its stdio.
+pub(super) enum ExecStdio {
+    /// Pipes for stdout and stderr; a pipe for stdin too, else `/dev/null`.
+    Pipes {
+        /// Give it a stdin pipe.
+        stdin: bool,
+    },
+    /// A terminal made in the container; its master is sent to the listening socket `console`.
+    Tty {
+        /// Console socket path.
+        console: PathBuf,
+    },
+}
+
+/// The keeper's ends of a spawned process's stdio (none with a terminal: see the console).
+pub(super) struct ExecSpawned {
+    pub(super) pid: i32,
+    pub(super) stdin: Option<OwnedFd>,
+    pub(super) stdout: Option<OwnedFd>,
+    pub(super) stderr: Option<OwnedFd>,
+}
+
+/// Starts `argv` in the running container `id`, as its own process runs: same user, env, cwd,
+/// capabilities and seccomp filter.
+pub(super) fn spawn_process(
+    id: &str,
+    argv: &[String],
+    stdio: &ExecStdio,
+    paths: &KeeperPaths,
+) -> Result<ExecSpawned, String> {
+    let root = container_root(paths, id);
     let container =
-        Container::load(root.clone()).map_err(|e| format!("load container {}: {e}", req.id))?;
-    // the exec runs as the container's process does: same user, env, cwd, capabilities
+        Container::load(root.clone()).map_err(|e| format!("load container {id}: {e}"))?;
     let config_path = container.bundle().join("config.json");
     let spec = oci_spec::runtime::Spec::load(&config_path)
         .map_err(|e| format!("read {}: {e}", config_path.display()))?;
     let mut process = spec
         .process()
         .clone()
-        .ok_or_else(|| format!("container {} has no process in its spec", req.id))?;
-    process.set_args(Some(req.argv.clone()));
-    process.set_terminal(Some(false));
+        .ok_or_else(|| format!("container {id} has no process in its spec"))?;
+    process.set_args(Some(argv.to_vec()));
+    process.set_terminal(Some(matches!(stdio, ExecStdio::Tty { .. })));
+    if let ExecStdio::Tty { .. } = stdio {
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        process.set_env(Some(env));
+    }
     let process_file = root.join(format!("exec-{}.json", now_ns()));
     let text = serde_json::to_vec(&process).map_err(|e| format!("encode exec process: {e}"))?;
     std::fs::write(&process_file, text)
         .map_err(|e| format!("write {}: {e}", process_file.display()))?;
 
-    let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
     let executor = SeccompExecutor {
         seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
     };
-    let result = ContainerBuilder::new(req.id.clone(), SyscallType::Linux)
+    let mut ours = ExecSpawned {
+        pid: 0,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    };
+    let builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(&paths.libcontainer_root)
-        .map_err(|e| format!("libcontainer root: {e}"))
-        .map(|b| {
-            b.with_executor(executor)
-                .with_stdin(OwnedFd::from(null))
+        .map_err(|e| format!("libcontainer root: {e}"))?
+        .with_executor(executor);
+    let builder = match stdio {
+        ExecStdio::Pipes { stdin } => {
+            let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            let stdin_fd = if *stdin {
+                let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+                ours.stdin = Some(wr);
+                rd
+            } else {
+                OwnedFd::from(File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?)
+            };
+            ours.stdout = Some(out_rd);
+            ours.stderr = Some(err_rd);
+            builder
+                .with_stdin(stdin_fd)
                 .with_stdout(out_wr)
                 .with_stderr(err_wr)
-                .as_tenant()
-                .with_process(Some(&process_file))
-                .with_detach(true)
-                .build()
-        });
+        }
+        ExecStdio::Tty { console } => builder.with_console_socket(Some(console)),
+    };
+    let result = builder
+        .as_tenant()
+        .with_process(Some(&process_file))
+        .with_detach(true)
+        .build();
     let _ = std::fs::remove_file(&process_file);
-    let pid = result?
-        .map_err(|e| format!("exec in container {}: {e}", req.id))?
+    ours.pid = result
+        .map_err(|e| format!("exec in container {id}: {e}"))?
         .as_raw();
-    Ok((pid, out_rd, err_rd))
+    Ok(ours)
 }
 
 /// Runs an exec'd command under the container's seccomp filter. libcontainer 0.7 drops the
@@ -875,7 +1007,9 @@ fn load_records(paths: &KeeperPaths, state: &Shared) {
             Entry {
                 record,
                 log: None,
-                _stdin: None,
+                stdin: None,
+                stdin_once: false,
+                output: None,
                 exited,
                 adopted: true,
             },
