@@ -204,7 +204,7 @@ fn device_spec(d: &v1::Device) -> Result<DeviceSpec, CriError> {
 }
 
 /// `LinuxContainerResources` → [`Resources`].
-fn resources(r: &v1::LinuxContainerResources) -> Result<Resources, CriError> {
+pub(crate) fn resources(r: &v1::LinuxContainerResources) -> Result<Resources, CriError> {
     if !(-1000..=1000).contains(&r.oom_score_adj) {
         return Err(CriError::invalid(format!(
             "oom_score_adj {} is outside -1000..=1000",

@@ -73,6 +73,11 @@ pub struct Containers {
     names: crate::reserve::Reservations,
     /// Last CPU sample per cgroup path (time ns, usage ns), for `usage_nano_cores`.
     cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    /// `GetContainerEvents` subscribers.
+    pub events: crate::events::Events,
+    /// Started containers whose exit is to be watched (see [`Containers::watch_exits`]).
+    watch_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    watch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Containers {
@@ -84,6 +89,7 @@ impl Containers {
         pods: Arc<Pods>,
         keeper: KeeperClient,
     ) -> Self {
+        let (watch_tx, watch_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             store,
             images,
@@ -92,7 +98,74 @@ impl Containers {
             dir: root.join("containers"),
             names: crate::reserve::Reservations::default(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
+            events: crate::events::Events::default(),
+            watch_tx,
+            watch_rx: std::sync::Mutex::new(Some(watch_rx)),
         }
+    }
+
+    /// Runs the exit watcher: one waiting task per running container (a task, not a process),
+    /// so a container that ends by itself is recorded, and its STOPPED event sent, when it ends
+    /// rather than at the next status query. Call once; containers already running are watched
+    /// too (after a daemon restart).
+    pub async fn watch_exits(self: &Arc<Self>) -> Result<(), CriError> {
+        let rx = self
+            .watch_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut rx) = rx else {
+            return Ok(());
+        };
+        for c in self.list(None).await? {
+            if ContainerState::parse(&c.row.state) == ContainerState::Running {
+                let _ = self.watch_tx.send(c.row.id.clone());
+            }
+        }
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(id) = rx.recv().await {
+                let Some(me) = this.upgrade() else { return };
+                tokio::spawn(async move {
+                    let keeper = me.keeper.clone();
+                    // a keeper restart ends the wait early: wait again while it runs
+                    loop {
+                        match keeper.wait(&id, Duration::ZERO).await {
+                            Ok(Some(info)) if info.exit.is_none() => continue,
+                            _ => break,
+                        }
+                    }
+                    if let Err(e) = me.resolve(&id).await {
+                        tracing::debug!(%id, error = %e.message, "exit watch: refresh failed");
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends a `GetContainerEvents` event for container (or pod sandbox) `id` of pod `pod_id`,
+    /// with the pod's status and its containers' statuses as stored now.
+    pub async fn emit(&self, id: &str, pod_id: &str, kind: v1::ContainerEventType) {
+        if !self.events.active() {
+            return;
+        }
+        let pod = self.pods.resolve(pod_id).await.ok().flatten();
+        let statuses = match self.store.list_containers(Some(pod_id)).await {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|r| Self::decode(r).ok())
+                .map(|c| crate::rpc::container_status::status_of(&c))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.events.send(v1::ContainerEventResponse {
+            container_id: id.to_string(),
+            container_event_type: kind as i32,
+            created_at: crate::pods::now_nanos(),
+            pod_sandbox_status: pod.as_ref().map(crate::rpc::pod_sandbox_status::status_of),
+            containers_statuses: statuses,
+        });
     }
 
     fn decode(row: ContainerRow) -> Result<StoredContainer, CriError> {
@@ -199,6 +272,15 @@ impl Containers {
         }
         if c.row != before {
             self.store.update_container(&c.row).await?;
+            let exited = ContainerState::Exited.as_str();
+            if c.row.state == exited && before.state != exited {
+                self.emit(
+                    &c.row.id,
+                    &c.row.pod_id,
+                    v1::ContainerEventType::ContainerStoppedEvent,
+                )
+                .await;
+            }
         }
         Ok(())
     }
@@ -569,7 +651,15 @@ impl Containers {
             .await
             .map_err(|e| CriError::from_classified("start container", &e))?;
         let mut c = c;
-        self.refresh(&mut c, Some(&info)).await
+        self.refresh(&mut c, Some(&info)).await?;
+        self.emit(
+            &c.row.id,
+            &c.row.pod_id,
+            v1::ContainerEventType::ContainerStartedEvent,
+        )
+        .await;
+        let _ = self.watch_tx.send(c.row.id.clone());
+        Ok(())
     }
 
     /// `StopContainer`: the stop signal, SIGKILL after `timeout` seconds. Unknown ids and
@@ -626,6 +716,12 @@ impl Containers {
         };
         self.destroy(&c.row.id, &c.state.dir).await?;
         self.store.delete_container(&c.row.id).await?;
+        self.emit(
+            &c.row.id,
+            &c.row.pod_id,
+            v1::ContainerEventType::ContainerDeletedEvent,
+        )
+        .await;
         Ok(())
     }
 
@@ -645,6 +741,8 @@ impl Containers {
                 .unwrap_or_else(|_| self.dir.join(&c.id));
             self.destroy(&c.id, &dir).await?;
             self.store.delete_container(&c.id).await?;
+            self.emit(&c.id, pod_id, v1::ContainerEventType::ContainerDeletedEvent)
+                .await;
         }
         Ok(())
     }
@@ -726,6 +824,42 @@ impl Containers {
             ));
         }
         Ok((c.row.id.clone(), c.config.stdin))
+    }
+
+    /// `UpdateContainerResources`: the new limits go to the container's cgroup at once and
+    /// replace the stored ones (ContainerStatus reports them).
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        linux: &v1::LinuxContainerResources,
+    ) -> Result<(), CriError> {
+        let mut c = self
+            .resolve(id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
+        if !matches!(
+            ContainerState::parse(&c.row.state),
+            ContainerState::Created | ContainerState::Running
+        ) {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "container {} is {}: its resources cannot change",
+                    c.row.id, c.row.state
+                ),
+            ));
+        }
+        let new = container_spec::resources(linux)?;
+        let roots = CgroupManager::detect()
+            .map(|m| m.roots())
+            .map_err(|e| CriError::from_classified("find cgroups", &e))?;
+        unicri_runtime_linux::cgroups::update_resources(&roots, &c.state.cgroups_path, &new)
+            .map_err(|e| CriError::from_classified("update container resources", &e))?;
+        c.state.spec.resources = new;
+        c.row.backend_state =
+            serde_json::to_string(&c.state).map_err(|e| internal("encode container state", e))?;
+        self.store.update_container(&c.row).await?;
+        Ok(())
     }
 
     /// `ReopenContainerLog`.

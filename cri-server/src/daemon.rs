@@ -165,6 +165,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::recover::recover(&store, &pods, &containers)
         .await
         .map_err(|e| anyhow::anyhow!("recover: {}", e.message))?;
+    containers
+        .watch_exits()
+        .await
+        .map_err(|e| anyhow::anyhow!("watch container exits: {}", e.message))?;
     let stream_addr: std::net::SocketAddr = config
         .streaming
         .address

@@ -9,6 +9,7 @@ mod crashpoint;
 mod daemon;
 mod deadline;
 mod error;
+mod events;
 mod images;
 mod instrument;
 mod memory;

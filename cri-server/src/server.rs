@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 use unicri_proto::v1;
 
@@ -232,9 +233,22 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     }
     async fn update_container_resources(
         &self,
-        _: Request<v1::UpdateContainerResourcesRequest>,
+        req: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Resp<v1::UpdateContainerResourcesResponse> {
-        not_yet!("UpdateContainerResources", SURFACE_ISSUE)
+        rpc("UpdateContainerResources", Level::Mutating, async {
+            let req = req.into_inner();
+            if req.container_id.is_empty() {
+                return Err(CriError::invalid("container id is empty"));
+            }
+            let linux = req.linux.ok_or_else(|| {
+                CriError::invalid("only linux resources can be updated, and none were given")
+            })?;
+            self.containers
+                .update_resources(&req.container_id, &linux)
+                .await?;
+            Ok(v1::UpdateContainerResourcesResponse {})
+        })
+        .await
     }
     async fn reopen_container_log(
         &self,
@@ -363,9 +377,15 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     type GetContainerEventsStream = BoxStream<v1::ContainerEventResponse>;
     async fn get_container_events(
         &self,
-        _: Request<v1::GetEventsRequest>,
+        _req: Request<v1::GetEventsRequest>,
     ) -> Resp<Self::GetContainerEventsStream> {
-        not_yet!("GetContainerEvents", SURFACE_ISSUE)
+        rpc("GetContainerEvents", Level::Mutating, async {
+            let rx = self.containers.events.subscribe();
+            let s: Self::GetContainerEventsStream =
+                Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok));
+            Ok(s)
+        })
+        .await
     }
     async fn list_metric_descriptors(
         &self,

@@ -10,9 +10,19 @@ pub(crate) async fn stop_pod_sandbox(
     cri: &Cri,
     req: v1::StopPodSandboxRequest,
 ) -> Result<v1::StopPodSandboxResponse, CriError> {
-    if let Some(pod) = cri.pods.resolve(&req.pod_sandbox_id).await? {
+    let pod = cri.pods.resolve(&req.pod_sandbox_id).await?;
+    if let Some(pod) = &pod {
         cri.containers.stop_pod(&pod.row.id).await?;
     }
     cri.pods.stop(&req.pod_sandbox_id).await?;
+    if let Some(pod) = pod.filter(|p| p.row.state == crate::pods::READY) {
+        cri.containers
+            .emit(
+                &pod.row.id,
+                &pod.row.id,
+                v1::ContainerEventType::ContainerStoppedEvent,
+            )
+            .await;
+    }
     Ok(v1::StopPodSandboxResponse {})
 }

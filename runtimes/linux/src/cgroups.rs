@@ -527,6 +527,118 @@ pub fn stats(roots: &[PathBuf], path: &str) -> CgroupStats {
     s
 }
 
+/// Applies `r` live to cgroup `path` below each of `roots` (CRI UpdateContainerResources).
+/// Zero/empty fields are left as they are. v1: `cpu.*`, `memory.*`, `cpuset.*`,
+/// `hugetlb.*`; v2: `cpu.max`, `cpu.weight`, `memory.max`, `memory.swap.max`, `cpuset.*` and
+/// the `unified` keys. A memory limit below current usage the kernel cannot reclaim fails with
+/// the kernel's error.
+pub fn update_resources(
+    roots: &[PathBuf],
+    path: &str,
+    r: &unicri_sandbox::container::Resources,
+) -> Result<(), LinuxError> {
+    let rel = path.trim_start_matches('/');
+    let mut applied = false;
+    for root in roots {
+        let dir = root.join(rel);
+        if !dir.is_dir() {
+            continue;
+        }
+        applied = true;
+        let write = |file: &str, value: String| -> Result<(), LinuxError> {
+            let p = dir.join(file);
+            std::fs::write(&p, &value).map_err(|source| LinuxError::CreateCgroup {
+                path: p.clone(),
+                op: "write resource limit",
+                source,
+            })
+        };
+        let has = |file: &str| dir.join(file).exists();
+        let v2 = has("cgroup.controllers");
+        if v2 {
+            if r.cpu_quota != 0 || r.cpu_period > 0 {
+                let period = if r.cpu_period > 0 {
+                    r.cpu_period
+                } else {
+                    100_000
+                };
+                let quota = if r.cpu_quota > 0 {
+                    r.cpu_quota.to_string()
+                } else {
+                    "max".to_string()
+                };
+                write("cpu.max", format!("{quota} {period}"))?;
+            }
+            if r.cpu_shares > 0 {
+                // the kubelet/runc conversion from shares (2..262144) to weight (1..10000)
+                let shares = r.cpu_shares.clamp(2, 262_144) as u64;
+                write(
+                    "cpu.weight",
+                    (1 + ((shares - 2) * 9999) / 262_142).to_string(),
+                )?;
+            }
+            if r.memory_limit_in_bytes > 0 {
+                write("memory.max", r.memory_limit_in_bytes.to_string())?;
+                if r.memory_swap_limit_in_bytes > 0 && has("memory.swap.max") {
+                    let swap = (r.memory_swap_limit_in_bytes - r.memory_limit_in_bytes).max(0);
+                    write("memory.swap.max", swap.to_string())?;
+                }
+            }
+            for (k, v) in &r.unified {
+                write(k, v.clone())?;
+            }
+        } else {
+            if r.cpu_shares > 0 && has("cpu.shares") {
+                write("cpu.shares", r.cpu_shares.to_string())?;
+            }
+            if r.cpu_period > 0 && has("cpu.cfs_period_us") {
+                write("cpu.cfs_period_us", r.cpu_period.to_string())?;
+            }
+            if r.cpu_quota != 0 && has("cpu.cfs_quota_us") {
+                write("cpu.cfs_quota_us", r.cpu_quota.to_string())?;
+            }
+            if r.memory_limit_in_bytes > 0 && has("memory.limit_in_bytes") {
+                let mem = r.memory_limit_in_bytes.to_string();
+                let swap = (r.memory_swap_limit_in_bytes > 0 && has("memory.memsw.limit_in_bytes"))
+                    .then(|| r.memory_swap_limit_in_bytes.to_string());
+                // memory <= memsw must hold at every step: raise memsw first when growing
+                if let Some(sw) = &swap {
+                    if write("memory.limit_in_bytes", mem.clone()).is_err() {
+                        write("memory.memsw.limit_in_bytes", sw.clone())?;
+                        write("memory.limit_in_bytes", mem)?;
+                    } else {
+                        write("memory.memsw.limit_in_bytes", sw.clone())?;
+                    }
+                } else {
+                    write("memory.limit_in_bytes", mem)?;
+                }
+            }
+            for (size, limit) in &r.hugepage_limits {
+                let file = format!("hugetlb.{size}.limit_in_bytes");
+                if has(&file) {
+                    write(&file, limit.to_string())?;
+                }
+            }
+        }
+        if !r.cpuset_cpus.is_empty() && has("cpuset.cpus") {
+            write("cpuset.cpus", r.cpuset_cpus.clone())?;
+        }
+        if !r.cpuset_mems.is_empty() && has("cpuset.mems") {
+            write("cpuset.mems", r.cpuset_mems.clone())?;
+        }
+    }
+    if !applied {
+        return Err(LinuxError::ReadCgroup {
+            path: PathBuf::from(path),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the container has no cgroup (it is not running)",
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Bytes and inodes used under `dir` (not crossing into other filesystems' mount points is not
 /// checked: callers pass a container's upper dir, which holds no mounts).
 pub fn dir_usage(dir: &Path) -> (u64, u64) {
