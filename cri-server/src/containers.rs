@@ -75,6 +75,9 @@ pub struct Containers {
     cpu_samples: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
     /// `GetContainerEvents` subscribers.
     pub events: crate::events::Events,
+    /// Containers whose STOPPED event went out (a status call and the exit watch may both see
+    /// the exit: one event).
+    stopped_sent: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Started containers whose exit is to be watched (see [`Containers::watch_exits`]).
     watch_tx: tokio::sync::mpsc::UnboundedSender<String>,
     watch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
@@ -99,6 +102,7 @@ impl Containers {
             names: crate::reserve::Reservations::default(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
             events: crate::events::Events::default(),
+            stopped_sent: std::sync::Mutex::new(std::collections::HashSet::new()),
             watch_tx,
             watch_rx: std::sync::Mutex::new(Some(watch_rx)),
         }
@@ -147,6 +151,12 @@ impl Containers {
     /// Sends a `GetContainerEvents` event for container (or pod sandbox) `id` of pod `pod_id`,
     /// with the pod's status and its containers' statuses as stored now.
     pub async fn emit(&self, id: &str, pod_id: &str, kind: v1::ContainerEventType) {
+        if kind == v1::ContainerEventType::ContainerDeletedEvent {
+            self.stopped_sent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(id);
+        }
         if !self.events.active() {
             return;
         }
@@ -273,7 +283,14 @@ impl Containers {
         if c.row != before {
             self.store.update_container(&c.row).await?;
             let exited = ContainerState::Exited.as_str();
-            if c.row.state == exited && before.state != exited {
+            let first = c.row.state == exited
+                && before.state != exited
+                && self
+                    .stopped_sent
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(c.row.id.clone());
+            if first {
                 self.emit(
                     &c.row.id,
                     &c.row.pod_id,

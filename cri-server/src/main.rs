@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod cli_stream;
 mod config;
 mod container_spec;
 mod containers;
@@ -158,17 +159,59 @@ enum Command {
         /// Container id (or unique prefix).
         container: String,
     },
-    /// Run a command in a running container; exit with its exit code.
+    /// Run a command in a running container; exit with its exit code. Without -i/-t it runs
+    /// through ExecSync; with them through an interactive streaming session.
     Exec {
-        /// Seconds before the command is killed (0: no limit).
+        /// Seconds before the command is killed (0: no limit; ExecSync only).
         #[arg(long, default_value_t = 0)]
         timeout: i64,
+        /// Keep stdin open and send it to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Streaming protocol.
+        #[arg(long, value_enum, default_value = "spdy")]
+        transport: cli_stream::TransportArg,
         /// Container id (or unique prefix).
         container: String,
         /// Command and arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Join a running container's stdio.
+    Attach {
+        /// Send stdin to the container (it must have been created with stdin).
+        #[arg(short, long)]
+        interactive: bool,
+        /// The container has a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Streaming protocol.
+        #[arg(long, value_enum, default_value = "spdy")]
+        transport: cli_stream::TransportArg,
+        /// Container id (or unique prefix).
+        container: String,
+    },
+    /// Forward local ports to ports on a pod's loopback.
+    PortForward {
+        /// Streaming protocol.
+        #[arg(long, value_enum, default_value = "spdy")]
+        transport: cli_stream::TransportArg,
+        /// Pod id (or unique prefix).
+        pod: String,
+        /// LOCAL:REMOTE (or PORT for both).
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
+    /// Resource usage of running containers.
+    Stats {
+        /// Only this container (id or unique prefix).
+        container: Option<String>,
+    },
+    /// Print container and pod events as they happen (JSON lines).
+    Events,
     /// Stop containers.
     Stop {
         /// Seconds between the stop signal and SIGKILL.
@@ -290,9 +333,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => cli::logs(ch, &container, follow, tail).await,
         Command::Exec {
             timeout,
+            interactive,
+            tty,
+            transport,
             container,
             command,
-        } => cli::exec(ch, &container, &command, timeout).await,
+        } => {
+            if interactive || tty {
+                cli_stream::exec(ch, &container, &command, interactive, tty, transport).await
+            } else {
+                cli::exec(ch, &container, &command, timeout).await
+            }
+        }
+        Command::Attach {
+            interactive,
+            tty,
+            transport,
+            container,
+        } => cli_stream::attach(ch, &container, interactive, tty, transport).await,
+        Command::PortForward {
+            transport,
+            pod,
+            ports,
+        } => cli_stream::port_forward(ch, &pod, &ports, transport).await,
+        Command::Stats { container } => cli_stream::stats(ch, container.as_deref()).await,
+        Command::Events => cli_stream::events(ch).await,
         Command::Stop {
             timeout,
             containers,

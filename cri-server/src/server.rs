@@ -32,7 +32,7 @@ pub struct Cri {
 type Resp<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-const SURFACE_ISSUE: &str = "arrives with the CRI surface issue";
+const SURFACE_ISSUE: &str = "not built yet: the CRI surface issue is still open";
 
 /// An RPC whose issue has not come yet: `Unimplemented`, saying when it will.
 macro_rules! not_yet {
@@ -372,7 +372,10 @@ impl v1::runtime_service_server::RuntimeService for Cri {
         &self,
         _: Request<v1::CheckpointContainerRequest>,
     ) -> Resp<v1::CheckpointContainerResponse> {
-        not_yet!("CheckpointContainer", "checkpointing is not planned")
+        not_yet!(
+            "CheckpointContainer",
+            "checkpoint/restore with CRIU is not built yet"
+        )
     }
     type GetContainerEventsStream = BoxStream<v1::ContainerEventResponse>;
     async fn get_container_events(

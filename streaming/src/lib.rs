@@ -9,6 +9,7 @@
 //! * [`server`]: tokens, the listener, dispatch.
 //! * [`runtime`]: the trait a backend implements ([`StreamRuntime`]).
 
+pub mod client;
 pub mod http;
 pub mod portforward;
 pub mod remotecommand;

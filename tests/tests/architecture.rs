@@ -10,6 +10,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     m.insert("unicri-proto", BTreeSet::new());
     m.insert("unicri-sandbox", BTreeSet::new());
     m.insert("unicri-mounts", BTreeSet::new());
+    m.insert("unicri-streaming", BTreeSet::new());
     m.insert("unicri-storage", BTreeSet::from(["unicri-sandbox"]));
     m.insert("unicri-image", BTreeSet::from(["unicri-sandbox"]));
     m.insert(
@@ -30,6 +31,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "unicri-network-cni",
             "unicri-runtime-linux",
             "unicri-mounts",
+            "unicri-streaming",
         ]),
     );
     m

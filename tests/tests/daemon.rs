@@ -108,22 +108,28 @@ async fn version_status_runtime_config_and_socket_mode() -> Result<()> {
 async fn unimplemented_calls_and_bad_input_get_clear_statuses() -> Result<()> {
     let d = Daemon::start(DaemonOpts::default()).await?;
     let mut rt = d.runtime();
-    // a call whose issue has not come yet: Unimplemented, with a message saying so
+    // a call that is not implemented: Unimplemented, with a message saying why
     let err = rt
-        .update_container_resources(v1::UpdateContainerResourcesRequest::default())
+        .checkpoint_container(v1::CheckpointContainerRequest::default())
         .await
-        .expect_err("UpdateContainerResources is not implemented yet");
+        .expect_err("CheckpointContainer is not implemented");
     ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
     ensure!(
-        err.message().contains("not implemented yet"),
+        err.message().contains("not implemented"),
         "{}",
         err.message()
     );
+    // streaming calls check their request before handing out a URL
     let err = rt
         .exec(v1::ExecRequest::default())
         .await
-        .expect_err("streaming Exec is not implemented yet");
-    ensure!(err.code() == tonic::Code::Unimplemented, "{err:?}");
+        .expect_err("an exec needs a container and a command");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
+    let err = rt
+        .update_container_resources(v1::UpdateContainerResourcesRequest::default())
+        .await
+        .expect_err("an update needs a container");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
     // bad input: InvalidArgument / NotFound, and nothing is made
     let err = rt
         .create_container(v1::CreateContainerRequest::default())

@@ -1,0 +1,458 @@
+//! The client side of the streaming protocols (for `unicri exec/attach/port-forward` and the
+//! end-to-end tests): a remotecommand session over SPDY (`v4.channel.k8s.io`) or WebSocket
+//! (`v5.channel.k8s.io`), and port-forward over SPDY or SPDY tunnelled through a WebSocket.
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::runtime::TermSize;
+use crate::{Options, spdy, ws};
+
+/// Which protocol family to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// SPDY/3.1 (client-go's default).
+    Spdy,
+    /// WebSocket.
+    WebSocket,
+}
+
+/// A failed session.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Transport trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server refused the upgrade.
+    #[error("upgrade refused: HTTP {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        body: String,
+    },
+    /// The server reported a failure on the error stream.
+    #[error("{0}")]
+    Remote(String),
+}
+
+fn split_url(url: &str) -> Result<(String, String), ClientError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ClientError::Remote(format!("unsupported streaming URL {url}")))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    Ok((host.to_string(), format!("/{path}")))
+}
+
+/// Sends an upgrade request; on `101` returns the connection, the bytes read past the response
+/// head and the response headers.
+async fn upgrade(
+    url: &str,
+    method: &str,
+    headers: &[(&str, String)],
+) -> Result<(TcpStream, Bytes, Vec<(String, String)>), ClientError> {
+    let (host, path) = split_url(url)?;
+    let mut s = TcpStream::connect(&host).await?;
+    let _ = s.set_nodelay(true);
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await?;
+    let mut buf = bytes::BytesMut::with_capacity(4096);
+    loop {
+        if s.read_buf(&mut buf).await? == 0 {
+            return Err(ClientError::Remote(
+                "connection closed during upgrade".into(),
+            ));
+        }
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut hs);
+        match resp
+            .parse(&buf)
+            .map_err(|e| ClientError::Remote(format!("bad upgrade response: {e}")))?
+        {
+            httparse::Status::Partial => continue,
+            httparse::Status::Complete(n) => {
+                let status = resp.code.unwrap_or(0);
+                let headers: Vec<(String, String)> = resp
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let rest = buf.split_off(n).freeze();
+                if status != 101 {
+                    let mut body = rest.to_vec();
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        s.read_to_end(&mut body),
+                    )
+                    .await;
+                    return Err(ClientError::Refused {
+                        status,
+                        body: String::from_utf8_lossy(&body).trim().to_string(),
+                    });
+                }
+                return Ok((s, rest, headers));
+            }
+        }
+    }
+}
+
+fn ws_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
+}
+
+/// Decodes the error stream's `metav1.Status`: the exit code, or the failure.
+fn exit_code(status: &[u8]) -> Result<i32, ClientError> {
+    if status.is_empty() {
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_slice(status)
+        .map_err(|_| ClientError::Remote(String::from_utf8_lossy(status).into_owned()))?;
+    if v["status"] == "Success" {
+        return Ok(0);
+    }
+    if v["reason"] == "NonZeroExitCode"
+        && let Some(code) = v["details"]["causes"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["reason"] == "ExitCode"))
+            .and_then(|c| c["message"].as_str())
+            .and_then(|m| m.parse().ok())
+    {
+        return Ok(code);
+    }
+    Err(ClientError::Remote(
+        v["message"]
+            .as_str()
+            .unwrap_or("remote failure")
+            .to_string(),
+    ))
+}
+
+/// Runs one exec/attach session at `url`: `stdin` is sent (and closed at its end), output is
+/// written to `stdout`/`stderr`, terminal sizes from `resize` are sent. Returns the exit code
+/// (0 for an attach that ended normally).
+pub async fn remote_command<I, O, E>(
+    url: &str,
+    transport: Transport,
+    opts: Options,
+    stdin: Option<I>,
+    stdout: O,
+    stderr: E,
+    resize: Option<mpsc::Receiver<TermSize>>,
+) -> Result<i32, ClientError>
+where
+    I: AsyncRead + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin + Send + 'static,
+    E: AsyncWrite + Unpin + Send + 'static,
+{
+    match transport {
+        Transport::Spdy => remote_command_spdy(url, opts, stdin, stdout, stderr, resize).await,
+        Transport::WebSocket => remote_command_ws(url, opts, stdin, stdout, stderr, resize).await,
+    }
+}
+
+fn h(pairs: &[(&str, &str)]) -> spdy::Headers {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn copy_out<W: AsyncWrite + Unpin>(mut r: spdy::StreamReader, mut w: W) {
+    while let Some(d) = r.read().await {
+        if w.write_all(&d).await.is_err() {
+            break;
+        }
+        let _ = w.flush().await;
+    }
+}
+
+async fn remote_command_spdy<I, O, E>(
+    url: &str,
+    opts: Options,
+    stdin: Option<I>,
+    stdout: O,
+    stderr: E,
+    resize: Option<mpsc::Receiver<TermSize>>,
+) -> Result<i32, ClientError>
+where
+    I: AsyncRead + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin + Send + 'static,
+    E: AsyncWrite + Unpin + Send + 'static,
+{
+    let (s, leftover, _) = upgrade(
+        url,
+        "POST",
+        &[
+            ("Upgrade", "SPDY/3.1".into()),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io".into()),
+        ],
+    )
+    .await?;
+    let mut conn =
+        spdy::Connection::new(crate::http::Prefixed::new(leftover, s), spdy::Role::Client);
+    let mut error = conn.open(h(&[("streamType", "error")]), false).await?;
+    let mut tasks = Vec::new();
+    if opts.stdin {
+        let st = conn.open(h(&[("streamType", "stdin")]), false).await?;
+        if let Some(mut input) = stdin {
+            let w = st.writer;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match input.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if w.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = w.close().await;
+            });
+        }
+    }
+    if opts.stdout {
+        let st = conn.open(h(&[("streamType", "stdout")]), false).await?;
+        tasks.push(tokio::spawn(copy_out(st.reader, stdout)));
+    }
+    if opts.stderr && !opts.tty {
+        let st = conn.open(h(&[("streamType", "stderr")]), false).await?;
+        tasks.push(tokio::spawn(copy_out(st.reader, stderr)));
+    }
+    if opts.tty {
+        let st = conn.open(h(&[("streamType", "resize")]), false).await?;
+        if let Some(mut sizes) = resize {
+            let w = st.writer;
+            tokio::spawn(async move {
+                while let Some(size) = sizes.recv().await {
+                    let Ok(json) = serde_json::to_vec(&size) else {
+                        continue;
+                    };
+                    if w.write(Bytes::from(json)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut status = Vec::new();
+    while let Some(d) = error.reader.read().await {
+        status.extend_from_slice(&d);
+    }
+    drop(conn);
+    exit_code(&status)
+}
+
+async fn remote_command_ws<I, O, E>(
+    url: &str,
+    opts: Options,
+    stdin: Option<I>,
+    mut stdout: O,
+    mut stderr: E,
+    resize: Option<mpsc::Receiver<TermSize>>,
+) -> Result<i32, ClientError>
+where
+    I: AsyncRead + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin + Send + 'static,
+    E: AsyncWrite + Unpin + Send + 'static,
+{
+    let (s, leftover, _) = upgrade(
+        url,
+        "GET",
+        &[
+            ("Upgrade", "websocket".into()),
+            ("Sec-WebSocket-Version", "13".into()),
+            ("Sec-WebSocket-Key", ws_key()),
+            ("Sec-WebSocket-Protocol", "v5.channel.k8s.io".into()),
+        ],
+    )
+    .await?;
+    let (mut rx, tx) = ws::split(s, ws::Role::Client, leftover);
+    if opts.stdin
+        && let Some(mut input) = stdin
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match input.read(&mut buf[1..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        buf[0] = 0;
+                        if tx.binary(Bytes::copy_from_slice(&buf[..=n])).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.binary(Bytes::from_static(&[255, 0])).await;
+        });
+    }
+    if let Some(mut sizes) = resize {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(size) = sizes.recv().await {
+                let mut msg = vec![4u8];
+                if serde_json::to_writer(&mut msg, &size).is_ok()
+                    && tx.binary(Bytes::from(msg)).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    let mut status = Vec::new();
+    while let Some(msg) = rx.recv().await? {
+        let ws::Message::Binary(d) = msg else {
+            continue;
+        };
+        let Some((&ch, rest)) = d.split_first() else {
+            continue;
+        };
+        match ch {
+            1 => {
+                stdout.write_all(rest).await?;
+                stdout.flush().await?;
+            }
+            2 => {
+                stderr.write_all(rest).await?;
+                stderr.flush().await?;
+            }
+            3 => status.extend_from_slice(rest),
+            _ => {}
+        }
+    }
+    tx.close(ws::CLOSE_NORMAL).await;
+    exit_code(&status)
+}
+
+/// Forwards connections accepted on `listener` to `remote_port` through the port-forward URL
+/// (one session, one stream pair per connection) until the session ends.
+pub async fn port_forward(
+    url: &str,
+    transport: Transport,
+    remote_port: u16,
+    listener: tokio::net::TcpListener,
+) -> Result<(), ClientError> {
+    let mut conn = match transport {
+        Transport::Spdy => {
+            let (s, leftover, _) = upgrade(
+                url,
+                "POST",
+                &[
+                    ("Upgrade", "SPDY/3.1".into()),
+                    ("X-Stream-Protocol-Version", "portforward.k8s.io".into()),
+                ],
+            )
+            .await?;
+            spdy::Connection::new(crate::http::Prefixed::new(leftover, s), spdy::Role::Client)
+        }
+        Transport::WebSocket => {
+            let (s, leftover, _) = upgrade(
+                url,
+                "GET",
+                &[
+                    ("Upgrade", "websocket".into()),
+                    ("Sec-WebSocket-Version", "13".into()),
+                    ("Sec-WebSocket-Key", ws_key()),
+                    (
+                        "Sec-WebSocket-Protocol",
+                        "SPDY/3.1+portforward.k8s.io".into(),
+                    ),
+                ],
+            )
+            .await?;
+            let (rx, tx) = ws::split(s, ws::Role::Client, leftover);
+            spdy::Connection::new(ws::tunnel(rx, tx), spdy::Role::Client)
+        }
+    };
+    let port = remote_port.to_string();
+    let mut request_id = 0u64;
+    loop {
+        let (local, _) = listener.accept().await?;
+        let id = request_id.to_string();
+        request_id += 1;
+        let mut error = conn
+            .open(
+                h(&[("streamType", "error"), ("port", &port), ("requestID", &id)]),
+                false,
+            )
+            .await?;
+        let data = conn
+            .open(
+                h(&[("streamType", "data"), ("port", &port), ("requestID", &id)]),
+                false,
+            )
+            .await?;
+        tokio::spawn(async move {
+            let (mut lr, mut lw) = local.into_split();
+            let spdy::Stream {
+                reader: mut dr,
+                writer: dw,
+                ..
+            } = data;
+            let up = tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match lr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if dw.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = dw.close().await;
+            });
+            while let Some(d) = dr.read().await {
+                if lw.write_all(&d).await.is_err() {
+                    break;
+                }
+            }
+            let _ = lw.shutdown().await;
+            let mut msg = Vec::new();
+            while let Some(d) = error.reader.read().await {
+                msg.extend_from_slice(&d);
+            }
+            if !msg.is_empty() {
+                tracing::warn!(message = %String::from_utf8_lossy(&msg), "port-forward error");
+            }
+            up.abort();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_decode_to_exit_codes() {
+        assert_eq!(exit_code(b"").ok(), Some(0));
+        assert_eq!(
+            exit_code(br#"{"metadata":{},"status":"Success"}"#).ok(),
+            Some(0)
+        );
+        let failed = br#"{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"42"}]}}"#;
+        assert_eq!(exit_code(failed).ok(), Some(42));
+        let err = exit_code(br#"{"status":"Failure","message":"container x not found"}"#);
+        assert!(matches!(err, Err(ClientError::Remote(m)) if m == "container x not found"));
+    }
+}

@@ -1,0 +1,672 @@
+//! The CRI surface end to end: Exec, Attach and PortForward through the daemon's streaming
+//! server over SPDY and WebSocket (with this project's client, `unicri_streaming::client`);
+//! GetContainerEvents, stats that move, and UpdateContainerResources on the live cgroup. A leak
+//! check runs at the end of each test.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use unicri_e2e::cni::Net;
+use unicri_e2e::daemon::Daemon;
+use unicri_e2e::fixtures::{container_status, daemon_with_busybox, skip_without_cni_and_busybox};
+use unicri_proto::v1;
+use unicri_streaming::client::{self, Transport};
+use unicri_streaming::{Options, TermSize};
+
+const IMAGE: &str = "docker.io/e2e/busybox:s1";
+
+fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, cmd: &[&str]) -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        metadata: Some(v1::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(v1::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(d: &Daemon, name: &str, logs: &Path) -> Result<(String, v1::PodSandboxConfig)> {
+    let config = pod_config(name, &logs.join(name));
+    let id = d
+        .runtime()
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    Ok((id, config))
+}
+
+async fn run_container(
+    d: &Daemon,
+    pod: &(String, v1::PodSandboxConfig),
+    cfg: v1::ContainerConfig,
+) -> Result<String> {
+    let mut rt = d.runtime();
+    let id = rt
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    rt.start_container(v1::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok(id)
+}
+
+async fn remove_pod(d: &Daemon, id: &str) -> Result<()> {
+    let mut rt = d.runtime();
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    Ok(())
+}
+
+async fn exec_url(d: &Daemon, id: &str, cmd: &[&str], opts: Options) -> Result<String> {
+    Ok(d.runtime()
+        .exec(v1::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: opts.tty,
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+        })
+        .await?
+        .into_inner()
+        .url)
+}
+
+/// One session: `input` is written after `delay` and then stdin is closed. Returns (exit
+/// code, stdout, stderr).
+async fn session(
+    url: &str,
+    transport: Transport,
+    opts: Options,
+    input: &[u8],
+    delay: Duration,
+    resize: Option<TermSize>,
+) -> Result<(i32, String, String)> {
+    let (mut w, r) = tokio::io::duplex(64 * 1024);
+    let input = input.to_vec();
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = w.write_all(&input).await;
+        let _ = w.shutdown().await;
+    });
+    let (out_w, mut out_r) = tokio::io::duplex(1 << 20);
+    let (err_w, mut err_r) = tokio::io::duplex(1 << 20);
+    let sizes = resize.map(|s| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(s);
+        // the sender stays alive for the session (a closed queue is fine too)
+        std::mem::forget(tx);
+        rx
+    });
+    let stdin = opts.stdin.then_some(r);
+    let code = tokio::time::timeout(
+        Duration::from_secs(60),
+        client::remote_command(url, transport, opts, stdin, out_w, err_w, sizes),
+    )
+    .await
+    .context("session did not end within 60 s")??;
+    let mut out = String::new();
+    let mut err = String::new();
+    out_r.read_to_string(&mut out).await?;
+    err_r.read_to_string(&mut err).await?;
+    Ok((code, out, err))
+}
+
+const PIPES: Options = Options {
+    stdin: true,
+    stdout: true,
+    stderr: true,
+    tty: false,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
+    if skip_without_cni_and_busybox("exec_attach_and_port_forward_over_spdy_and_websocket") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
+    let logs = tempfile::tempdir()?;
+    let pod = run_pod(&d, "stream", logs.path()).await?;
+    let web = run_container(
+        &d,
+        &pod,
+        container_config(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && \
+                 exec httpd -f -p 8080 -h /tmp/www",
+            ],
+        ),
+    )
+    .await?;
+    let mut rt = d.runtime();
+
+    for transport in [Transport::Spdy, Transport::WebSocket] {
+        let t = format!("{transport:?}");
+        // pipes: stdin in, both streams out, the exit code back
+        let url = exec_url(
+            &d,
+            &web,
+            &["sh", "-c", "read x; echo got:$x; echo err >&2; exit 3"],
+            PIPES,
+        )
+        .await?;
+        let (code, out, err) =
+            session(&url, transport, PIPES, b"hello\n", Duration::ZERO, None).await?;
+        ensure!(
+            (code, out.as_str(), err.as_str()) == (3, "got:hello\n", "err\n"),
+            "{t}: {code} {out:?} {err:?}"
+        );
+        // a URL serves one session
+        let again = client::remote_command(
+            &url,
+            transport,
+            PIPES,
+            None::<tokio::io::Empty>,
+            tokio::io::sink(),
+            tokio::io::sink(),
+            None,
+        )
+        .await;
+        ensure!(again.is_err(), "{t}: a used URL must be refused");
+
+        // stdin closed: cat sees its end and exits 0
+        let url = exec_url(&d, &web, &["cat"], PIPES).await?;
+        let (code, out, _) = session(&url, transport, PIPES, b"abc", Duration::ZERO, None).await?;
+        ensure!(
+            (code, out.as_str()) == (0, "abc"),
+            "{t}: cat: {code} {out:?}"
+        );
+
+        // a terminal: a real tty from the container's devpts, its size set by resize
+        let tty = Options {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let url = exec_url(&d, &web, &["sh"], tty).await?;
+        let (code, out, _) = session(
+            &url,
+            transport,
+            tty,
+            b"tty; stty size; exit 5\n",
+            Duration::from_millis(500),
+            Some(TermSize {
+                width: 123,
+                height: 45,
+            }),
+        )
+        .await?;
+        ensure!(code == 5, "{t}: tty exit code {code}: {out:?}");
+        ensure!(out.contains("/dev/pts/"), "{t}: no tty in {out:?}");
+        ensure!(
+            out.contains("45 123"),
+            "{t}: terminal size not applied: {out:?}"
+        );
+
+        // attach to a shell waiting on stdin (stdin_once: closing ours ends it)
+        let mut cfg = container_config(&format!("shell-{}", t.to_lowercase()), &["sh"]);
+        cfg.stdin = true;
+        cfg.stdin_once = true;
+        let shell = run_container(&d, &pod, cfg).await?;
+        let url = rt
+            .attach(v1::AttachRequest {
+                container_id: shell.clone(),
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            })
+            .await?
+            .into_inner()
+            .url;
+        let (code, out, _) = session(
+            &url,
+            transport,
+            PIPES,
+            b"echo attached-$((40+2))\n",
+            Duration::from_millis(300),
+            None,
+        )
+        .await?;
+        ensure!(
+            (code, out.as_str()) == (0, "attached-42\n"),
+            "{t}: attach: {code} {out:?}"
+        );
+        let mut exited = false;
+        for _ in 0..50 {
+            if container_status(&d, &shell).await?.state
+                == v1::ContainerState::ContainerExited as i32
+            {
+                exited = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ensure!(exited, "{t}: the shell did not end after its stdin closed");
+
+        // port-forward to busybox httpd on the pod's loopback
+        let url = rt
+            .port_forward(v1::PortForwardRequest {
+                pod_sandbox_id: pod.0.clone(),
+                port: vec![8080],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?;
+        let fwd =
+            tokio::spawn(
+                async move { client::port_forward(&url, transport, 8080, listener).await },
+            );
+        let mut page = String::new();
+        for attempt in 0..50 {
+            page.clear();
+            let mut s = tokio::net::TcpStream::connect(local).await?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").await?;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut page)).await;
+            if page.contains("hello-from-pod") {
+                break;
+            }
+            ensure!(
+                attempt < 49,
+                "{t}: port-forward never served the page: {page:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        fwd.abort();
+    }
+
+    // 20 sessions at once
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let opts = Options {
+            stdin: false,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        let url = exec_url(
+            &d,
+            &web,
+            &["sh", "-c", &format!("sleep 0.5; echo session-{i}")],
+            opts,
+        )
+        .await?;
+        let transport = if i % 2 == 0 {
+            Transport::Spdy
+        } else {
+            Transport::WebSocket
+        };
+        set.spawn(async move {
+            session(&url, transport, opts, b"", Duration::ZERO, None)
+                .await
+                .map(|r| (i, r))
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        let (i, (code, out, _)) = r??;
+        ensure!(
+            (code, out.clone()) == (0, format!("session-{i}\n")),
+            "session {i}: {code} {out:?}"
+        );
+    }
+
+    // bad requests get clear codes
+    let err = rt
+        .exec(v1::ExecRequest {
+            container_id: "f".repeat(64),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown container");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+    let err = rt
+        .exec(v1::ExecRequest {
+            container_id: web.clone(),
+            cmd: vec!["true".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no streams");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
+    let err = rt
+        .port_forward(v1::PortForwardRequest {
+            pod_sandbox_id: pod.0.clone(),
+            port: vec![70000],
+        })
+        .await
+        .expect_err("bad port");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
+
+    remove_pod(&d, &pod.0).await?;
+    d.finish().await
+}
+
+fn event_kind(e: &v1::ContainerEventResponse) -> v1::ContainerEventType {
+    v1::ContainerEventType::try_from(e.container_event_type)
+        .unwrap_or(v1::ContainerEventType::ContainerCreatedEvent)
+}
+
+/// The host directory of the container's cgroup in the v1 hierarchy `controller`.
+async fn cgroup_dir(d: &Daemon, id: &str, controller: &str) -> Result<std::path::PathBuf> {
+    let r = d
+        .runtime()
+        .exec_sync(v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["cat".into(), "/proc/self/cgroup".into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    let text = String::from_utf8_lossy(&r.stdout);
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        if ctrls.split(',').any(|c| c == controller) {
+            let mount = std::fs::read_dir("/sys/fs/cgroup")?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.split(',').any(|c| c == controller))
+                })
+                .context("controller mount")?;
+            return Ok(mount.join(path.trim_start_matches('/')));
+        }
+    }
+    bail!("no {controller} cgroup in {text}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stats_and_live_resource_updates() -> Result<()> {
+    if skip_without_cni_and_busybox("events_stats_and_live_resource_updates") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
+    let logs = tempfile::tempdir()?;
+    let mut rt = d.runtime();
+    let mut events = rt
+        .get_container_events(v1::GetEventsRequest {})
+        .await?
+        .into_inner();
+    let mut second = d
+        .runtime()
+        .get_container_events(v1::GetEventsRequest {})
+        .await?
+        .into_inner();
+
+    let pod = run_pod(&d, "events", logs.path()).await?;
+    // burns CPU and holds ~32 MiB in a shell variable
+    let busy = run_container(
+        &d,
+        &pod,
+        container_config(
+            "busy",
+            &[
+                "sh",
+                "-c",
+                "x=$(head -c 33554432 /dev/zero | tr '\\0' a); while :; do :; done",
+            ],
+        ),
+    )
+    .await?;
+    // ends by itself: its STOPPED event comes from the exit watch, not from a status call
+    let quick = run_container(
+        &d,
+        &pod,
+        container_config("quick", &["sh", "-c", "sleep 1; exit 7"]),
+    )
+    .await?;
+
+    // stats move
+    let stats = |d: &Daemon, id: String| {
+        let mut rt = d.runtime();
+        async move {
+            rt.container_stats(v1::ContainerStatsRequest { container_id: id })
+                .await
+                .map(|r| r.into_inner().stats.unwrap_or_default())
+        }
+    };
+    let mut memory = 0;
+    let mut first_cpu = None;
+    let mut cpu_moved = false;
+    for _ in 0..100 {
+        let s = stats(&d, busy.clone()).await?;
+        let cpu = s
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map(|v| v.value);
+        memory = s
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(0);
+        if let (Some(a), Some(b)) = (first_cpu, cpu) {
+            cpu_moved = b > a + 100_000_000;
+        }
+        first_cpu = first_cpu.or(cpu);
+        if cpu_moved && memory > 30 << 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(cpu_moved, "CPU usage did not grow");
+    ensure!(
+        memory > 30 << 20,
+        "working set {memory} did not reach the 32 MiB held"
+    );
+
+    // resources change on the live cgroup
+    rt.update_container_resources(v1::UpdateContainerResourcesRequest {
+        container_id: busy.clone(),
+        linux: Some(v1::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 20_000,
+            cpu_shares: 256,
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let mem_dir = cgroup_dir(&d, &busy, "memory").await?;
+    let limit = std::fs::read_to_string(mem_dir.join("memory.limit_in_bytes"))?;
+    ensure!(
+        limit.trim() == (256u64 << 20).to_string(),
+        "memory limit {limit:?} in {}",
+        mem_dir.display()
+    );
+    let cpu_dir = cgroup_dir(&d, &busy, "cpu").await?;
+    let quota = std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us"))?;
+    ensure!(quota.trim() == "20000", "cpu quota {quota:?}");
+    let shares = std::fs::read_to_string(cpu_dir.join("cpu.shares"))?;
+    ensure!(shares.trim() == "256", "cpu shares {shares:?}");
+    let st = container_status(&d, &busy).await?;
+    let r = st
+        .resources
+        .and_then(|r| r.linux)
+        .context("resources in status")?;
+    ensure!(
+        r.memory_limit_in_bytes == 256 << 20 && r.cpu_quota == 20_000,
+        "{r:?}"
+    );
+    // a limit below what the kernel can reclaim (anonymous memory, no swap) is refused, and
+    // the limit stays
+    let err = rt
+        .update_container_resources(v1::UpdateContainerResourcesRequest {
+            container_id: busy.clone(),
+            linux: Some(v1::LinuxContainerResources {
+                memory_limit_in_bytes: 1 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("1 MiB is below the 32 MiB held");
+    ensure!(err.message().contains("memory"), "{err:?}");
+    let limit = std::fs::read_to_string(mem_dir.join("memory.limit_in_bytes"))?;
+    ensure!(
+        limit.trim() == (256u64 << 20).to_string(),
+        "limit changed to {limit:?}"
+    );
+    let err = rt
+        .update_container_resources(v1::UpdateContainerResourcesRequest {
+            container_id: "e".repeat(64),
+            linux: Some(v1::LinuxContainerResources::default()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown container");
+    ensure!(err.code() == tonic::Code::NotFound, "{err:?}");
+
+    // the quick one's STOPPED arrives without anybody asking for its status
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.message())
+            .await
+            .context("no STOPPED event for a container that exited by itself")??
+            .context("event stream ended")?;
+        let done = ev.container_id == quick
+            && event_kind(&ev) == v1::ContainerEventType::ContainerStoppedEvent;
+        if done {
+            let st = ev
+                .containers_statuses
+                .iter()
+                .find(|c| c.id == quick)
+                .context("status")?;
+            ensure!(st.exit_code == 7, "{st:?}");
+            ensure!(ev.pod_sandbox_status.as_ref().map(|p| p.id.as_str()) == Some(pod.0.as_str()));
+        }
+        seen.push(ev);
+        if done {
+            break;
+        }
+    }
+
+    rt.stop_container(v1::StopContainerRequest {
+        container_id: busy.clone(),
+        timeout: 0,
+    })
+    .await?;
+    rt.remove_container(v1::RemoveContainerRequest {
+        container_id: busy.clone(),
+    })
+    .await?;
+    remove_pod(&d, &pod.0).await?;
+
+    // every event of the pod's life, in order, on both subscriptions
+    let want_done = |evs: &[v1::ContainerEventResponse]| {
+        evs.iter().any(|e| {
+            e.container_id == pod.0
+                && event_kind(e) == v1::ContainerEventType::ContainerDeletedEvent
+        })
+    };
+    while !want_done(&seen) {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .context("events stopped")??
+            .context("event stream ended")?;
+        seen.push(ev);
+    }
+    use v1::ContainerEventType::*;
+    let of = |id: &str| -> Vec<v1::ContainerEventType> {
+        seen.iter()
+            .filter(|e| e.container_id == id)
+            .map(event_kind)
+            .collect()
+    };
+    let life = vec![
+        ContainerCreatedEvent,
+        ContainerStartedEvent,
+        ContainerStoppedEvent,
+        ContainerDeletedEvent,
+    ];
+    ensure!(of(&pod.0) == life, "pod events {:?}", of(&pod.0));
+    ensure!(of(&busy) == life, "busy events {:?}", of(&busy));
+    ensure!(of(&quick) == life, "quick events {:?}", of(&quick));
+    let pos = |id: &str, k| {
+        seen.iter()
+            .position(|e| e.container_id == id && event_kind(e) == k)
+    };
+    ensure!(
+        pos(&pod.0, ContainerStartedEvent) < pos(&busy, ContainerCreatedEvent),
+        "pod starts before its containers"
+    );
+    ensure!(
+        pos(&busy, ContainerDeletedEvent) < pos(&pod.0, ContainerDeletedEvent),
+        "containers go before their pod"
+    );
+    let mut other = Vec::new();
+    while other.len() < seen.len() {
+        let ev = tokio::time::timeout(Duration::from_secs(10), second.message())
+            .await
+            .context("second subscriber missed events")??
+            .context("stream ended")?;
+        other.push((ev.container_id, ev.container_event_type));
+    }
+    let mine: Vec<_> = seen
+        .iter()
+        .map(|e| (e.container_id.clone(), e.container_event_type))
+        .collect();
+    ensure!(other == mine, "two subscribers saw different sequences");
+    drop(events);
+    drop(second);
+    d.finish().await
+}
