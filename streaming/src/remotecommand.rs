@@ -339,9 +339,10 @@ pub async fn serve_ws<T>(
         let (sender, task) = output_pump(move |d| {
             let out = out.clone();
             async move {
+                // the end of an output channel is not signalled: client-go's v5 client only
+                // knows the close signal for stdin (the session's end closes everything)
                 match d {
                     Some(d) => out.binary(channel_message(ch, &d)).await,
-                    None if v5 => out.binary(Bytes::from(vec![CH_CLOSE, ch])).await,
                     None => Ok(()),
                 }
             }

@@ -366,8 +366,10 @@ async fn websocket_v5_exec_closes_stdin_and_reports_status() {
     }
     assert_eq!(out, b"cat tty=false\nhello");
     assert_eq!(err, b"to stderr\n");
-    closed.sort_unstable();
-    assert_eq!(closed, [1, 2], "v5 closes the output channels");
+    assert!(
+        closed.is_empty(),
+        "output channels are not closed one by one: {closed:?}"
+    );
     let status: serde_json::Value = serde_json::from_str(&status.expect("status")).expect("json");
     assert_eq!(status["details"]["causes"][0]["message"], "5");
 }
