@@ -394,20 +394,34 @@ impl v1::runtime_service_server::RuntimeService for Cri {
         &self,
         _: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Resp<v1::ListMetricDescriptorsResponse> {
-        not_yet!("ListMetricDescriptors", SURFACE_ISSUE)
+        rpc("ListMetricDescriptors", Level::Polled, async {
+            Ok(r::metrics::list_metric_descriptors())
+        })
+        .await
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Resp<v1::ListPodSandboxMetricsResponse> {
-        not_yet!("ListPodSandboxMetrics", SURFACE_ISSUE)
+        rpc(
+            "ListPodSandboxMetrics",
+            Level::Polled,
+            r::metrics::list_pod_sandbox_metrics(self),
+        )
+        .await
     }
     type StreamPodSandboxMetricsStream = BoxStream<v1::StreamPodSandboxMetricsResponse>;
     async fn stream_pod_sandbox_metrics(
         &self,
         _: Request<v1::StreamPodSandboxMetricsRequest>,
     ) -> Resp<Self::StreamPodSandboxMetricsStream> {
-        not_yet!("StreamPodSandboxMetrics", SURFACE_ISSUE)
+        rpc("StreamPodSandboxMetrics", Level::Polled, async {
+            let pages = r::metrics::stream_pod_sandbox_metrics(self).await?;
+            let s: Self::StreamPodSandboxMetricsStream =
+                Box::pin(tokio_stream::iter(pages.into_iter().map(Ok)));
+            Ok(s)
+        })
+        .await
     }
     async fn update_pod_sandbox_resources(
         &self,

@@ -27,7 +27,7 @@ pub use cache::{CacheEntry, ResultCache};
 pub use conf::{NetworkConfigList, PluginConf};
 pub use error::{CniError, PluginError};
 pub use exec::{CniCommand, PluginExec};
-pub use netns::{NetNs, run_in};
+pub use netns::{InterfaceStats, NetNs, interface_stats, run_in};
 pub use network::{
     Cni, CniOptions, DEFAULT_IFNAME, NotReadyReason, PodNetwork, PodNetworkStatus, default_bin_dirs,
 };

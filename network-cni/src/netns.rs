@@ -230,3 +230,77 @@ pub fn release_pin_dir(dir: &Path) -> Result<(), CniError> {
         source: e.source,
     })
 }
+
+/// Counters of one network interface (from `/proc/net/dev`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceStats {
+    /// Interface name.
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
+}
+
+/// Parses `/proc/net/dev`.
+pub fn parse_net_dev(text: &str) -> Vec<InterfaceStats> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            (f.len() >= 11).then(|| InterfaceStats {
+                name: name.trim().to_string(),
+                rx_bytes: f[0],
+                rx_errors: f[2],
+                tx_bytes: f[8],
+                tx_errors: f[10],
+            })
+        })
+        .collect()
+}
+
+/// The interface counters inside the pinned namespace at `pin_path` (read on a thread that
+/// joined it; `lo` included).
+pub fn interface_stats(pin_path: &Path) -> Result<Vec<InterfaceStats>, CniError> {
+    let text = run_in(pin_path, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev")
+    })?;
+    text.map(|t| parse_net_dev(&t))
+        .map_err(|source| CniError::EnterNetNs {
+            path: pin_path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod net_dev_tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_dev_is_parsed() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0
+  eth0: 1234567      10    3    0    0     0          0         0    98765       9    4    0    0     0       0          0
+";
+        let s = parse_net_dev(text);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s[1],
+            InterfaceStats {
+                name: "eth0".into(),
+                rx_bytes: 1_234_567,
+                rx_errors: 3,
+                tx_bytes: 98_765,
+                tx_errors: 4,
+            }
+        );
+    }
+}

@@ -390,6 +390,16 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
     d.finish().await
 }
 
+fn ensure_labels(m: &v1::Metric, keys: &[String]) -> Result<()> {
+    ensure!(
+        m.label_values.len() == keys.len(),
+        "{}: {} label values for keys {keys:?}",
+        m.name,
+        m.label_values.len()
+    );
+    Ok(())
+}
+
 fn event_kind(e: &v1::ContainerEventResponse) -> v1::ContainerEventType {
     v1::ContainerEventType::try_from(e.container_event_type)
         .unwrap_or(v1::ContainerEventType::ContainerCreatedEvent)
@@ -510,6 +520,85 @@ async fn events_stats_and_live_resource_updates() -> Result<()> {
     ensure!(
         memory > 30 << 20,
         "working set {memory} did not reach the 32 MiB held"
+    );
+
+    // pod network counters come from the pod's netns: traffic out of eth0 moves them
+    let tx = |s: &v1::PodSandboxStats| {
+        s.linux
+            .as_ref()
+            .and_then(|l| l.network.as_ref())
+            .and_then(|n| n.default_interface.as_ref())
+            .map(|i| (i.name.clone(), i.tx_bytes.as_ref().map_or(0, |v| v.value)))
+    };
+    let pod_stats = |d: &Daemon| {
+        let mut rt = d.runtime();
+        let id = pod.0.clone();
+        async move {
+            rt.pod_sandbox_stats(v1::PodSandboxStatsRequest { pod_sandbox_id: id })
+                .await
+                .map(|r| r.into_inner().stats.unwrap_or_default())
+        }
+    };
+    let before = tx(&pod_stats(&d).await?).context("no network usage for the pod")?;
+    ensure!(before.0 == "eth0", "default interface {before:?}");
+    rt.exec_sync(v1::ExecSyncRequest {
+        container_id: busy.clone(),
+        cmd: ["ping", "-c", "2", "-W", "1", &format!("{}.1", net.subnet)]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        timeout: 10,
+    })
+    .await?;
+    let after = tx(&pod_stats(&d).await?).context("no network usage")?;
+    ensure!(
+        after.1 > before.1,
+        "eth0 tx bytes did not move: {before:?} -> {after:?}"
+    );
+
+    // the same figures as cAdvisor metrics
+    let descriptors = rt
+        .list_metric_descriptors(v1::ListMetricDescriptorsRequest {})
+        .await?
+        .into_inner()
+        .descriptors;
+    let keys = |name: &str| {
+        descriptors
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.label_keys.clone())
+            .unwrap_or_default()
+    };
+    ensure!(keys("container_memory_working_set_bytes").contains(&"pod".to_string()));
+    let metrics = rt
+        .list_pod_sandbox_metrics(v1::ListPodSandboxMetricsRequest {})
+        .await?
+        .into_inner()
+        .pod_metrics;
+    let pm = metrics
+        .iter()
+        .find(|m| m.pod_sandbox_id == pod.0)
+        .context("pod metrics")?;
+    let cm = pm
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == busy)
+        .context("container metrics")?;
+    let value = |ms: &[v1::Metric], name: &str| {
+        ms.iter().find(|m| m.name == name).and_then(|m| {
+            ensure_labels(m, &keys(name)).ok()?;
+            m.value.as_ref().map(|v| v.value)
+        })
+    };
+    ensure!(
+        value(&cm.metrics, "container_memory_working_set_bytes").is_some_and(|v| v > 30 << 20),
+        "working set metric: {:?}",
+        cm.metrics
+    );
+    ensure!(
+        value(&pm.metrics, "container_network_transmit_bytes_total").is_some_and(|v| v >= after.1),
+        "network metric: {:?}",
+        pm.metrics
     );
 
     // resources change on the live cgroup

@@ -11,6 +11,7 @@ pub mod list_containers;
 pub mod list_images;
 pub mod list_pod_sandbox;
 pub mod list_pod_sandbox_stats;
+pub mod metrics;
 pub mod pod_sandbox_stats;
 pub mod pod_sandbox_status;
 pub mod pull_image;

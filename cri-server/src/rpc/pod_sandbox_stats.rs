@@ -40,7 +40,7 @@ pub(crate) async fn pod_stats_of(
         linux: Some(v1::LinuxPodSandboxStats {
             cpu: Some(cpu),
             memory: Some(memory),
-            network: None,
+            network: network_usage(p, ready),
             process: Some(v1::ProcessUsage {
                 timestamp: now_nanos(),
                 process_count: Some(v1::UInt64Value {
@@ -51,6 +51,41 @@ pub(crate) async fn pod_stats_of(
             io: None,
         }),
         windows: None,
+    })
+}
+
+/// The pod's interface counters, read inside its network namespace (`eth0` is the default
+/// interface, as kubelet expects; `lo` is left out). `None` for host-network or stopped pods.
+fn network_usage(p: &StoredPod, ready: bool) -> Option<v1::NetworkUsage> {
+    let netns = p.state.netns.as_ref().filter(|_| ready)?;
+    let stats = unicri_network_cni::interface_stats(netns)
+        .map_err(|e| tracing::debug!(pod = %p.row.id, error = %e, "pod network counters"))
+        .ok()?;
+    let to_cri = |s: &unicri_network_cni::InterfaceStats| v1::NetworkInterfaceUsage {
+        name: s.name.clone(),
+        rx_bytes: Some(v1::UInt64Value { value: s.rx_bytes }),
+        rx_errors: Some(v1::UInt64Value { value: s.rx_errors }),
+        tx_bytes: Some(v1::UInt64Value { value: s.tx_bytes }),
+        tx_errors: Some(v1::UInt64Value { value: s.tx_errors }),
+    };
+    let interfaces: Vec<_> = stats.iter().filter(|s| s.name != "lo").collect();
+    let default = interfaces
+        .iter()
+        .find(|s| s.name == "eth0")
+        .or(interfaces.first())
+        .map(|s| s.name.clone());
+    Some(v1::NetworkUsage {
+        timestamp: now_nanos(),
+        default_interface: interfaces
+            .iter()
+            .find(|s| Some(&s.name) == default.as_ref())
+            .map(|s| to_cri(s)),
+        // CRI: every other interface
+        interfaces: interfaces
+            .iter()
+            .filter(|s| Some(&s.name) != default.as_ref())
+            .map(|s| to_cri(s))
+            .collect(),
     })
 }
 
