@@ -85,6 +85,11 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Directories searched for plugin binaries, in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// A conflist template (containerd's `conf_template`): when kubelet sends the node's pod
+    /// CIDR (UpdateRuntimeConfig), `{{.PodCIDR}}` is replaced with its first range and
+    /// `{{.PodCIDRRanges}}` with all of them (comma-separated), and the result is written to
+    /// `<conf_dir>/00-unicri-podcidr.conflist`, which sorts first and so is used.
+    pub conf_template: Option<PathBuf>,
 }
 
 /// The backend families a runtime handler can use.
@@ -149,6 +154,7 @@ impl Default for CniConfig {
         Self {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            conf_template: None,
         }
     }
 }

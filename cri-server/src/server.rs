@@ -79,7 +79,7 @@ impl v1::runtime_service_server::RuntimeService for Cri {
         rpc(
             "UpdateRuntimeConfig",
             Level::Mutating,
-            r::update_runtime_config::update_runtime_config(req.into_inner()),
+            r::update_runtime_config::update_runtime_config(self, req.into_inner()),
         )
         .await
     }

@@ -307,3 +307,85 @@ async fn pod_lifecycle_with_real_cni_and_restart() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_cidr_from_kubelet_renders_the_cni_template() -> Result<()> {
+    if !Path::new(PLUGINS).join("bridge").exists() {
+        eprintln!(
+            "\n******** SKIP pod_cidr_from_kubelet_renders_the_cni_template: {PLUGINS}/bridge missing (apt-get install -y containernetworking-plugins) ********\n"
+        );
+        return Ok(());
+    }
+    let net = Net::new()?;
+    // the only network config is a template waiting for the node's pod CIDR
+    let conflist = net.dir.path().join("net.d/10-e2e.conflist");
+    let text = std::fs::read_to_string(&conflist)?;
+    let template = net.dir.path().join("template.conflist");
+    std::fs::write(
+        &template,
+        text.replace(&format!("{}.0/24", net.subnet), "{{.PodCIDR}}"),
+    )?;
+    std::fs::remove_file(&conflist)?;
+    let d = Daemon::start(DaemonOpts {
+        extra_config: format!(
+            "{}conf_template = \"{}\"\n",
+            net.config(),
+            template.display()
+        ),
+        ..Default::default()
+    })
+    .await?;
+    let mut rt = d.runtime();
+    let cidr = format!("{}.128/25", net.subnet);
+    rt.update_runtime_config(v1::UpdateRuntimeConfigRequest {
+        runtime_config: Some(v1::RuntimeConfig {
+            network_config: Some(v1::NetworkConfig {
+                pod_cidr: cidr.clone(),
+            }),
+        }),
+    })
+    .await?;
+    let id = rt
+        .run_pod_sandbox(v1::RunPodSandboxRequest {
+            config: Some(pod_config("cidr", &[])),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let ip = rt
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .context("pod ip")?;
+    let last: u8 = ip
+        .strip_prefix(&format!("{}.", net.subnet))
+        .and_then(|l| l.parse().ok())
+        .with_context(|| format!("ip {ip} outside {}", net.subnet))?;
+    ensure!(last > 128, "ip {ip} is not in the pod cidr {cidr}");
+    // a CIDR that is not one is refused
+    let err = rt
+        .update_runtime_config(v1::UpdateRuntimeConfigRequest {
+            runtime_config: Some(v1::RuntimeConfig {
+                network_config: Some(v1::NetworkConfig {
+                    pod_cidr: "10.0.0.0/99".into(),
+                }),
+            }),
+        })
+        .await
+        .expect_err("bad cidr");
+    ensure!(err.code() == tonic::Code::InvalidArgument, "{err:?}");
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await?;
+    d.finish().await
+}
