@@ -443,13 +443,7 @@ impl Containers {
                 cgroups_path: cg,
                 pid_ns: pid_ns.as_deref(),
             };
-            let mut built = unicri_runtime_linux::spec::build(&inputs)?;
-            if let Some(p) = built.spec.process().clone() {
-                // a terminal needs the streaming server (not there yet): plain pipes instead
-                let mut p = p;
-                p.set_terminal(Some(false));
-                built.spec.set_process(Some(p));
-            }
+            let built = unicri_runtime_linux::spec::build(&inputs)?;
             built.spec.save(bundle.join("config.json")).map_err(|e| {
                 unicri_runtime_linux::LinuxError::InvalidArgument {
                     what: "oci spec",
@@ -493,6 +487,7 @@ impl Containers {
                 cgroup_dirs,
                 stdin: spec.stdin,
                 stdin_once: spec.stdin_once,
+                tty: spec.tty,
             })
             .await
             .map_err(|e| CriError::from_classified("create container", &e))?;

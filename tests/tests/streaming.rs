@@ -322,6 +322,59 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
         fwd.abort();
     }
 
+    // a container on a terminal: attach joins it, resizes it, and its output is logged
+    let mut cfg = container_config("tty", &["sh"]);
+    cfg.stdin = true;
+    cfg.tty = true;
+    let tty_ctr = run_container(&d, &pod, cfg).await?;
+    let url = rt
+        .attach(v1::AttachRequest {
+            container_id: tty_ctr.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        })
+        .await?
+        .into_inner()
+        .url;
+    let tty_opts = Options {
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+    };
+    let (_, out, _) = session(
+        &url,
+        Transport::Spdy,
+        tty_opts,
+        b"tty; stty size; exit 3\n",
+        Duration::from_millis(500),
+        Some(TermSize {
+            width: 99,
+            height: 33,
+        }),
+    )
+    .await?;
+    ensure!(
+        out.contains("/dev/pts/") && out.contains("33 99"),
+        "tty attach: {out:?}"
+    );
+    let mut st = container_status(&d, &tty_ctr).await?;
+    for _ in 0..50 {
+        if st.state == v1::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        st = container_status(&d, &tty_ctr).await?;
+    }
+    ensure!(st.exit_code == 3, "tty container: {st:?}");
+    let log = std::fs::read_to_string(&st.log_path)?;
+    ensure!(
+        log.contains(" stdout ") && log.contains("33 99"),
+        "tty log: {log:?}"
+    );
+
     // 20 sessions at once
     let mut set = tokio::task::JoinSet::new();
     for i in 0..20 {

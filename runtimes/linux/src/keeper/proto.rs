@@ -97,6 +97,10 @@ pub struct CreateRequest {
     pub stdin: bool,
     /// Close the container's stdin when the first attach that wrote to it closes its stdin.
     pub stdin_once: bool,
+    /// The container runs on a terminal (its spec says `terminal: true`): libcontainer makes it
+    /// in the container's devpts and sends the master to the keeper's console socket; the
+    /// keeper reads the output from it (one stream, logged as stdout) and attaches to it.
+    pub tty: bool,
 }
 
 /// [`Request::ExecStream`].

@@ -60,6 +60,8 @@ pub(super) struct Entry {
     pub(super) stdin: Option<Rc<FdIo>>,
     /// See [`CreateRequest::stdin_once`].
     pub(super) stdin_once: bool,
+    /// The container's terminal master (with [`CreateRequest::tty`]), for resizes.
+    pub(super) tty: Option<Rc<FdIo>>,
     /// The container's live output for attaches (`None`: not held, e.g. after a keeper restart).
     pub(super) output: Option<Output>,
     /// `true` once the init has exited.
@@ -295,7 +297,9 @@ async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Resp
     let created = create_container(&req, paths).await;
     state.borrow_mut().creating.remove(&req.id);
     match created {
-        Ok((pid, log, stdin, out_rd, err_rd)) => {
+        Ok(created) => {
+            let pid = created.pid;
+            let log = created.log;
             let info = ContainerInfo {
                 id: req.id.clone(),
                 pid,
@@ -312,18 +316,30 @@ async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Resp
             };
             persist(paths, &record);
             let (exited, _) = watch::channel(false);
+            let master = created
+                .master
+                .and_then(|m| fdio_or_warn(&req.id, m))
+                .map(Rc::new);
+            let streams: Vec<(Rc<FdIo>, Stream)> = match &master {
+                Some(m) => vec![(m.clone(), Stream::Stdout)],
+                None => [(created.out, Stream::Stdout), (created.err, Stream::Stderr)]
+                    .into_iter()
+                    .filter_map(|(fd, s)| Some((Rc::new(fdio_or_warn(&req.id, fd?)?), s)))
+                    .collect(),
+            };
             let output = Output {
                 tx: broadcast::channel(256).0,
-                open: Rc::new(std::cell::Cell::new(2)),
+                open: Rc::new(std::cell::Cell::new(streams.len() as u8)),
             };
-            spawn_log_pump(out_rd, Stream::Stdout, log.clone(), Some(output.clone()));
-            spawn_log_pump(err_rd, Stream::Stderr, log.clone(), Some(output.clone()));
-            let stdin = match stdin.map(FdIo::new).transpose() {
-                Ok(s) => s.map(Rc::new),
-                Err(error) => {
-                    tracing::warn!(id = %req.id, %error, "container stdin unusable");
-                    None
-                }
+            for (fd, stream) in streams {
+                spawn_log_pump(fd, stream, log.clone(), Some(output.clone()));
+            }
+            let stdin = match &master {
+                Some(m) => req.stdin.then(|| m.clone()),
+                None => created
+                    .stdin
+                    .and_then(|fd| fdio_or_warn(&req.id, fd))
+                    .map(Rc::new),
             };
             state.borrow_mut().containers.insert(
                 req.id.clone(),
@@ -332,6 +348,7 @@ async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Resp
                     log,
                     stdin,
                     stdin_once: req.stdin_once,
+                    tty: master,
                     output: Some(output),
                     exited,
                     adopted: false,
@@ -348,7 +365,16 @@ async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Resp
     }
 }
 
-type Created = (i32, Option<LogFile>, Option<OwnedFd>, OwnedFd, OwnedFd);
+/// What a create hands back: the init's pid, the log, and the keeper's ends of its stdio (a
+/// terminal master instead of pipes with `tty`).
+struct Created {
+    pid: i32,
+    log: Option<LogFile>,
+    stdin: Option<OwnedFd>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    master: Option<OwnedFd>,
+}
 
 async fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Created, String> {
     let log = match &req.log_path {
@@ -357,51 +383,124 @@ async fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Cr
         }
         None => None,
     };
-    let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (stdin_keep, stdin_fd): (Option<OwnedFd>, OwnedFd) = if req.stdin {
-        let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        (Some(wr), rd)
-    } else {
-        let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-        (None, OwnedFd::from(null))
-    };
     // libcontainer runs in a forked worker (see `worker`); the fds it needs are inherited
     let (id, root, bundle) = (
         req.id.clone(),
         paths.libcontainer_root.clone(),
         req.bundle.clone(),
     );
-    let spawned = super::worker::fork_worker(move || {
-        let container = ContainerBuilder::new(id.clone(), SyscallType::Linux)
-            .with_root_path(&root)
-            .map_err(|e| format!("libcontainer root: {e}"))?
-            .with_stdin(stdin_fd)
-            .with_stdout(out_wr)
-            .with_stderr(err_wr)
-            .as_init(&bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| format!("create container {id}: {e}"))?;
-        container
-            .pid()
-            .map(|p| p.as_raw())
-            .ok_or_else(|| format!("container {id} has no init pid after create"))
-    });
-    // the keeper's copies of the container's ends are dropped with the closure above
-    let (_worker, result_fd) = spawned.map_err(|e| format!("fork create worker: {e}"))?;
-    let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(result_fd)
-        .map_err(|e| format!("create worker pipe: {e}"))?;
-    // one line, not EOF: the container's init inherited the write end and holds it until exec
-    let mut line = String::new();
-    BufReader::new(rx)
-        .read_line(&mut line)
+    let mut created = Created {
+        pid: 0,
+        log,
+        stdin: None,
+        out: None,
+        err: None,
+        master: None,
+    };
+    let mut console = None;
+    let spawned = if req.tty {
+        let dir = paths
+            .socket
+            .parent()
+            .ok_or_else(|| "keeper socket has no directory".to_string())?;
+        let path = dir.join(format!("console-{}.sock", now_ns()));
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("bind console socket {}: {e}", path.display()))?;
+        console = Some((listener, path.clone()));
+        super::worker::fork_worker(move || {
+            let container = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+                .with_root_path(&root)
+                .map_err(|e| format!("libcontainer root: {e}"))?
+                .with_console_socket(Some(&path))
+                .as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("create container {id}: {e}"))?;
+            container
+                .pid()
+                .map(|p| p.as_raw())
+                .ok_or_else(|| format!("container {id} has no init pid after create"))
+        })
+    } else {
+        let (out_rd, out_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_rd, err_wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let stdin_fd = if req.stdin {
+            let (rd, wr) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            created.stdin = Some(wr);
+            rd
+        } else {
+            OwnedFd::from(File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?)
+        };
+        created.out = Some(out_rd);
+        created.err = Some(err_rd);
+        super::worker::fork_worker(move || {
+            let container = ContainerBuilder::new(id.clone(), SyscallType::Linux)
+                .with_root_path(&root)
+                .map_err(|e| format!("libcontainer root: {e}"))?
+                .with_stdin(stdin_fd)
+                .with_stdout(out_wr)
+                .with_stderr(err_wr)
+                .as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("create container {id}: {e}"))?;
+            container
+                .pid()
+                .map(|p| p.as_raw())
+                .ok_or_else(|| format!("container {id} has no init pid after create"))
+        })
+    };
+    let result = async {
+        // the keeper's copies of the container's ends are dropped with the closures above
+        let (_worker, result_fd) = spawned.map_err(|e| format!("fork create worker: {e}"))?;
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(result_fd)
+            .map_err(|e| format!("create worker pipe: {e}"))?;
+        // one line, not EOF: the container's init inherited the write end and holds it until
+        // exec
+        let mut line = String::new();
+        BufReader::new(rx)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("read create worker result: {e}"))?;
+        let pid = super::worker::parse_result(&line)?;
+        if let Some((listener, _)) = &console {
+            let master = receive_master(listener).await.inspect_err(|_| {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            })?;
+            created.master = Some(master);
+        }
+        Ok::<i32, String>(pid)
+    }
+    .await;
+    if let Some((listener, path)) = console {
+        drop(listener);
+        let _ = std::fs::remove_file(path);
+    }
+    created.pid = result?;
+    set_oom_score_adj(created.pid, req.oom_score_adj);
+    Ok(created)
+}
+
+/// Accepts libcontainer's console socket connection and receives the terminal master.
+pub(super) async fn receive_master(listener: &UnixListener) -> Result<OwnedFd, String> {
+    const WAIT: Duration = Duration::from_secs(10);
+    let (sock, _) = tokio::time::timeout(WAIT, listener.accept())
         .await
-        .map_err(|e| format!("read create worker result: {e}"))?;
-    let pid = super::worker::parse_result(&line)?;
-    set_oom_score_adj(pid, req.oom_score_adj);
-    Ok((pid, log, stdin_keep, out_rd, err_rd))
+        .map_err(|_| "the terminal never arrived on the console socket".to_string())?
+        .map_err(|e| format!("accept on console socket: {e}"))?;
+    loop {
+        tokio::time::timeout(WAIT, sock.readable())
+            .await
+            .map_err(|_| "the terminal never arrived".to_string())?
+            .map_err(|e| format!("console socket: {e}"))?;
+        match super::fdio::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&sock)) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(format!("receive the terminal: {e}")),
+        }
+    }
 }
 
 /// Writes `value` (never below the keeper's own score) to the init's `oom_score_adj`.
@@ -419,23 +518,22 @@ fn set_oom_score_adj(pid: i32, value: i64) {
     }
 }
 
-fn spawn_log_pump(fd: OwnedFd, stream: Stream, log: Option<LogFile>, output: Option<Output>) {
+fn fdio_or_warn(id: &str, fd: OwnedFd) -> Option<FdIo> {
+    FdIo::new(fd)
+        .inspect_err(|error| tracing::warn!(%id, %error, "container stdio unusable"))
+        .ok()
+}
+
+fn spawn_log_pump(fd: Rc<FdIo>, stream: Stream, log: Option<LogFile>, output: Option<Output>) {
     let kind = match stream {
         Stream::Stdout => frame::STDOUT,
         Stream::Stderr => frame::STDERR,
     };
     tokio::task::spawn_local(async move {
-        let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-            Ok(rx) => rx,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read container output");
-                return;
-            }
-        };
         let mut splitter = LineSplitter::new(stream);
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            match rx.read(&mut buf).await {
+            match fd.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => {
                     if let Some(log) = &log {
@@ -495,6 +593,7 @@ fn pod_init(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
                     log: None,
                     stdin: None,
                     stdin_once: false,
+                    tty: None,
                     output: None,
                     exited,
                     adopted: false,
@@ -1009,6 +1108,7 @@ fn load_records(paths: &KeeperPaths, state: &Shared) {
                 log: None,
                 stdin: None,
                 stdin_once: false,
+                tty: None,
                 output: None,
                 exited,
                 adopted: true,

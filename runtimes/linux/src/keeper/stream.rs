@@ -283,12 +283,32 @@ pub(super) async fn attach(
                     }
                 }
                 Ok(Some((frame::STDIN_CLOSE, _))) if want_stdin => {
-                    let mut st = input_state.borrow_mut();
-                    if let Some(e) = st.containers.get_mut(&input_id)
-                        && e.stdin_once
+                    let (stdin, tty, once) = match input_state.borrow().containers.get(&input_id) {
+                        Some(e) => (e.stdin.clone(), e.tty.is_some(), e.stdin_once),
+                        None => (None, false, false),
+                    };
+                    // a terminal has no "close": it gets what a user's ^D sends
+                    if let (Some(s), true) = (&stdin, tty) {
+                        let _ = s.write_all(b"\x04").await;
+                    }
+                    if once && let Some(e) = input_state.borrow_mut().containers.get_mut(&input_id)
                     {
                         tracing::debug!(id = %input_id, "attach closed stdin (stdin_once)");
                         e.stdin = None;
+                    }
+                }
+                Ok(Some((frame::RESIZE, d))) if d.len() == 4 => {
+                    let tty = input_state
+                        .borrow()
+                        .containers
+                        .get(&input_id)
+                        .and_then(|e| e.tty.clone());
+                    if let Some(m) = tty {
+                        let (w, h) = (
+                            u16::from_be_bytes([d[0], d[1]]),
+                            u16::from_be_bytes([d[2], d[3]]),
+                        );
+                        let _ = fdio::set_winsize(m.raw(), w, h);
                     }
                 }
                 Ok(Some(_)) => {}
