@@ -32,8 +32,6 @@ pub struct Cri {
 type Resp<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-const SURFACE_ISSUE: &str = "not built yet: the CRI surface issue is still open";
-
 /// An RPC whose issue has not come yet: `Unimplemented`, saying when it will.
 macro_rules! not_yet {
     ($name:literal, $when:expr) => {
@@ -425,9 +423,14 @@ impl v1::runtime_service_server::RuntimeService for Cri {
     }
     async fn update_pod_sandbox_resources(
         &self,
-        _: Request<v1::UpdatePodSandboxResourcesRequest>,
+        req: Request<v1::UpdatePodSandboxResourcesRequest>,
     ) -> Resp<v1::UpdatePodSandboxResourcesResponse> {
-        not_yet!("UpdatePodSandboxResources", SURFACE_ISSUE)
+        rpc(
+            "UpdatePodSandboxResources",
+            Level::Mutating,
+            r::update_pod_sandbox_resources::update_pod_sandbox_resources(self, req.into_inner()),
+        )
+        .await
     }
 }
 

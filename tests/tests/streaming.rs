@@ -688,6 +688,27 @@ async fn events_stats_and_live_resource_updates() -> Result<()> {
         r.memory_limit_in_bytes == 256 << 20 && r.cpu_quota == 20_000,
         "{r:?}"
     );
+    // the pod's own cgroup (unicri made it: no cgroup parent) takes in-place pod resizes
+    rt.update_pod_sandbox_resources(v1::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.0.clone(),
+        overhead: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        resources: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 512 << 20,
+            ..Default::default()
+        }),
+    })
+    .await?;
+    let pod_dir = mem_dir.parent().context("pod cgroup")?;
+    let pod_limit = std::fs::read_to_string(pod_dir.join("memory.limit_in_bytes"))?;
+    ensure!(
+        pod_limit.trim() == (528u64 << 20).to_string(),
+        "pod memory limit {pod_limit:?} in {}",
+        pod_dir.display()
+    );
+
     // a limit below what the kernel can reclaim (anonymous memory, no swap) is refused, and
     // the limit stays
     let err = rt

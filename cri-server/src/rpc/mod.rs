@@ -26,6 +26,7 @@ pub mod status;
 pub mod stop_container;
 pub mod stop_pod_sandbox;
 pub mod streaming;
+pub mod update_pod_sandbox_resources;
 pub mod update_runtime_config;
 pub mod version;
 
