@@ -114,6 +114,7 @@ async fn session(
     let resize = opts.tty.then(resize_feed);
     let result = client::remote_command(
         url,
+        &client::Trust::Insecure,
         transport,
         opts,
         stdin,
@@ -231,7 +232,9 @@ pub async fn port_forward(
         let bound = listener.local_addr()?;
         println!("Forwarding from {bound} -> {remote}");
         let transport = transport.into();
-        tasks.spawn(async move { client::port_forward(&url, transport, remote, listener).await });
+        tasks.spawn(async move {
+            client::port_forward(&url, &client::Trust::Insecure, transport, remote, listener).await
+        });
     }
     tokio::select! {
         r = tasks.join_next() => match r {

@@ -67,12 +67,18 @@ pub struct StreamingConfig {
     /// `ip:port` the streaming server listens on (port 0: any free port). The URLs handed to
     /// clients name this address.
     pub address: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PKCS#8 PEM).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:0".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -232,6 +238,11 @@ impl Config {
                 "streaming.address must be ip:port, got {:?}",
                 self.streaming.address
             )));
+        }
+        if self.streaming.tls_cert_file.is_some() != self.streaming.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "streaming.tls_cert_file and streaming.tls_key_file go together".into(),
+            ));
         }
         if self.registry.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(

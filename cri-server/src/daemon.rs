@@ -174,12 +174,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .address
         .parse()
         .context("streaming.address")?;
+    let tls = match (
+        &config.streaming.tls_cert_file,
+        &config.streaming.tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(unicri_streaming::TlsIdentity {
+            cert_pem: std::fs::read(cert)
+                .with_context(|| format!("read streaming.tls_cert_file {}", cert.display()))?,
+            key_pem: std::fs::read(key)
+                .with_context(|| format!("read streaming.tls_key_file {}", key.display()))?,
+        }),
+        _ => None,
+    };
     let streaming = unicri_streaming::Server::start(
         stream_addr,
         Arc::new(crate::streaming::Streams {
             containers: containers.clone(),
             pods: pods.clone(),
         }),
+        tls,
     )
     .await
     .with_context(|| format!("start the streaming server on {stream_addr}"))?;

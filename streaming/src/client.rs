@@ -38,24 +38,81 @@ pub enum ClientError {
     Remote(String),
 }
 
-fn split_url(url: &str) -> Result<(String, String), ClientError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Remote(format!("unsupported streaming URL {url}")))?;
+/// A connection to the streaming server: TCP, or TLS over it.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+/// How `https` URLs are trusted.
+#[derive(Clone, Debug, Default)]
+pub enum Trust {
+    /// The system's CA roots.
+    #[default]
+    System,
+    /// This CA certificate (PEM) too.
+    Ca(Vec<u8>),
+    /// Any certificate (as crictl and critest do: the URL came from the runtime over its
+    /// root-only socket).
+    Insecure,
+}
+
+fn split_url(url: &str) -> Result<(bool, String, String), ClientError> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(ClientError::Remote(format!(
+            "unsupported streaming URL {url}"
+        )));
+    };
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    Ok((host.to_string(), format!("/{path}")))
+    Ok((tls, host.to_string(), format!("/{path}")))
+}
+
+async fn connect(url: &str, trust: &Trust) -> Result<(Box<dyn Conn>, String, String), ClientError> {
+    let (tls, host, path) = split_url(url)?;
+    let tcp = TcpStream::connect(&host).await?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok((Box::new(tcp), host, path));
+    }
+    let mut b = native_tls::TlsConnector::builder();
+    match trust {
+        Trust::System => {}
+        Trust::Ca(pem) => {
+            let ca = native_tls::Certificate::from_pem(pem)
+                .map_err(|e| ClientError::Remote(format!("CA certificate: {e}")))?;
+            b.add_root_certificate(ca);
+        }
+        Trust::Insecure => {
+            b.danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+        }
+    }
+    let connector = b
+        .build()
+        .map_err(|e| ClientError::Remote(format!("TLS setup: {e}")))?;
+    let name = host
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(&host)
+        .to_string();
+    let stream = tokio_native_tls::TlsConnector::from(connector)
+        .connect(&name, tcp)
+        .await
+        .map_err(|e| ClientError::Remote(format!("TLS handshake with {host}: {e}")))?;
+    Ok((Box::new(stream), host, path))
 }
 
 /// Sends an upgrade request; on `101` returns the connection, the bytes read past the response
 /// head and the response headers.
 async fn upgrade(
     url: &str,
+    trust: &Trust,
     method: &str,
     headers: &[(&str, String)],
-) -> Result<(TcpStream, Bytes, Vec<(String, String)>), ClientError> {
-    let (host, path) = split_url(url)?;
-    let mut s = TcpStream::connect(&host).await?;
-    let _ = s.set_nodelay(true);
+) -> Result<(Box<dyn Conn>, Bytes, Vec<(String, String)>), ClientError> {
+    let (mut s, host, path) = connect(url, trust).await?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -144,6 +201,7 @@ fn exit_code(status: &[u8]) -> Result<i32, ClientError> {
 /// (0 for an attach that ended normally).
 pub async fn remote_command<I, O, E>(
     url: &str,
+    trust: &Trust,
     transport: Transport,
     opts: Options,
     stdin: Option<I>,
@@ -157,8 +215,12 @@ where
     E: AsyncWrite + Unpin + Send + 'static,
 {
     match transport {
-        Transport::Spdy => remote_command_spdy(url, opts, stdin, stdout, stderr, resize).await,
-        Transport::WebSocket => remote_command_ws(url, opts, stdin, stdout, stderr, resize).await,
+        Transport::Spdy => {
+            remote_command_spdy(url, trust, opts, stdin, stdout, stderr, resize).await
+        }
+        Transport::WebSocket => {
+            remote_command_ws(url, trust, opts, stdin, stdout, stderr, resize).await
+        }
     }
 }
 
@@ -180,6 +242,7 @@ async fn copy_out<W: AsyncWrite + Unpin>(mut r: spdy::StreamReader, mut w: W) {
 
 async fn remote_command_spdy<I, O, E>(
     url: &str,
+    trust: &Trust,
     opts: Options,
     stdin: Option<I>,
     stdout: O,
@@ -193,6 +256,7 @@ where
 {
     let (s, leftover, _) = upgrade(
         url,
+        trust,
         "POST",
         &[
             ("Upgrade", "SPDY/3.1".into()),
@@ -261,6 +325,7 @@ where
 
 async fn remote_command_ws<I, O, E>(
     url: &str,
+    trust: &Trust,
     opts: Options,
     stdin: Option<I>,
     mut stdout: O,
@@ -274,6 +339,7 @@ where
 {
     let (s, leftover, _) = upgrade(
         url,
+        trust,
         "GET",
         &[
             ("Upgrade", "websocket".into()),
@@ -346,6 +412,7 @@ where
 /// (one session, one stream pair per connection) until the session ends.
 pub async fn port_forward(
     url: &str,
+    trust: &Trust,
     transport: Transport,
     remote_port: u16,
     listener: tokio::net::TcpListener,
@@ -354,6 +421,7 @@ pub async fn port_forward(
         Transport::Spdy => {
             let (s, leftover, _) = upgrade(
                 url,
+                trust,
                 "POST",
                 &[
                     ("Upgrade", "SPDY/3.1".into()),
@@ -366,6 +434,7 @@ pub async fn port_forward(
         Transport::WebSocket => {
             let (s, leftover, _) = upgrade(
                 url,
+                trust,
                 "GET",
                 &[
                     ("Upgrade", "websocket".into()),

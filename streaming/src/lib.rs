@@ -20,7 +20,7 @@ pub mod ws;
 
 pub use remotecommand::{Options, Target};
 pub use runtime::{Io, StreamError, StreamRuntime, TermSize};
-pub use server::{Pending, Server};
+pub use server::{Pending, Server, TlsIdentity};
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::http::{self, Prefixed};
 use crate::remotecommand::{self, Options, Target};
@@ -82,18 +82,49 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// The server's certificate and key (PEM), for HTTPS URLs.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key (PKCS#8), PEM.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity")
+    }
+}
+
 impl Server {
-    /// Binds `addr` (port 0: any) and serves on the current runtime until the process ends.
-    pub async fn start(addr: SocketAddr, runtime: Arc<dyn StreamRuntime>) -> std::io::Result<Self> {
+    /// Binds `addr` (port 0: any) and serves on the current runtime until the process ends;
+    /// with `tls`, over HTTPS (the URLs say `https`).
+    pub async fn start(
+        addr: SocketAddr,
+        runtime: Arc<dyn StreamRuntime>,
+        tls: Option<TlsIdentity>,
+    ) -> std::io::Result<Self> {
+        let acceptor = match tls {
+            Some(id) => {
+                let identity = native_tls::Identity::from_pkcs8(&id.cert_pem, &id.key_pem)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let acceptor = native_tls::TlsAcceptor::new(identity)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Some(tokio_native_tls::TlsAcceptor::from(acceptor))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let host = match addr {
             SocketAddr::V4(a) => a.ip().to_string(),
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         };
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
         let inner = Arc::new(Inner {
             tokens: Mutex::new(HashMap::new()),
-            base_url: format!("http://{host}:{}", addr.port()),
+            base_url: format!("{scheme}://{host}:{}", addr.port()),
             runtime,
         });
         let accept = inner.clone();
@@ -102,8 +133,21 @@ impl Server {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
                         let inner = accept.clone();
+                        let acceptor = acceptor.clone();
                         tokio::spawn(async move {
-                            if let Err(error) = serve_conn(inner, stream).await {
+                            let _ = stream.set_nodelay(true);
+                            let result = match acceptor {
+                                Some(a) => {
+                                    match tokio::time::timeout(HEAD_TIMEOUT, a.accept(stream)).await
+                                    {
+                                        Ok(Ok(tls)) => serve_conn(inner, tls).await,
+                                        Ok(Err(e)) => Err(std::io::Error::other(e)),
+                                        Err(_) => Ok(()),
+                                    }
+                                }
+                                None => serve_conn(inner, stream).await,
+                            };
+                            if let Err(error) = result {
                                 tracing::debug!(%peer, %error, "streaming connection failed");
                             }
                         });
@@ -175,8 +219,11 @@ fn negotiate(theirs: &[String], ours: &[&str]) -> Option<String> {
     theirs.iter().find(|t| ours.contains(&t.as_str())).cloned()
 }
 
-async fn serve_conn(inner: Arc<Inner>, mut stream: TcpStream) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
+/// A connection: TCP, or TLS over it.
+trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+async fn serve_conn<S: Conn>(inner: Arc<Inner>, mut stream: S) -> std::io::Result<()> {
     let req = match tokio::time::timeout(HEAD_TIMEOUT, http::read_request(&mut stream)).await {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return Ok(()),
@@ -211,8 +258,8 @@ async fn serve_conn(inner: Arc<Inner>, mut stream: TcpStream) -> std::io::Result
     }
 }
 
-async fn serve_spdy(
-    mut stream: TcpStream,
+async fn serve_spdy<S: Conn>(
+    mut stream: S,
     req: http::Request,
     pending: Pending,
     runtime: Arc<dyn StreamRuntime>,
@@ -265,8 +312,8 @@ async fn serve_spdy(
     Ok(())
 }
 
-async fn serve_ws(
-    mut stream: TcpStream,
+async fn serve_ws<S: Conn>(
+    mut stream: S,
     req: http::Request,
     pending: Pending,
     runtime: Arc<dyn StreamRuntime>,

@@ -96,6 +96,7 @@ async fn server_with_echo() -> (Server, u16) {
     let srv = Server::start(
         "127.0.0.1:0".parse().expect("addr"),
         Arc::new(Fake { echo: echo_addr }),
+        None,
     )
     .await
     .expect("start");

@@ -31,6 +31,13 @@ pub async fn daemon_with_busybox(net: &Net, reference: &str, cmd: &[&str]) -> Re
         ..Default::default()
     })
     .await?;
+    import_busybox(&d, reference, cmd)?;
+    Ok(d)
+}
+
+/// Imports a busybox image as `reference` (env `FROM_IMAGE=yes`, default command `cmd`) into
+/// a running daemon.
+pub fn import_busybox(d: &Daemon, reference: &str, cmd: &[&str]) -> Result<()> {
     let img = ImageBuilder::new()
         .layer(busybox_layer()?.build(Compression::Gzip)?)
         .env(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=yes"])
@@ -48,7 +55,7 @@ pub async fn daemon_with_busybox(net: &Net, reference: &str, cmd: &[&str]) -> Re
         "import: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(d)
+    Ok(())
 }
 
 /// `ContainerStatus` (not verbose) of `id`.

@@ -140,7 +140,7 @@ async fn session(
     let stdin = opts.stdin.then_some(r);
     let code = tokio::time::timeout(
         Duration::from_secs(60),
-        client::remote_command(url, transport, opts, stdin, out_w, err_w, sizes),
+        client::remote_command(url, &trust(), transport, opts, stdin, out_w, err_w, sizes),
     )
     .await
     .context("session did not end within 60 s")??;
@@ -149,6 +149,11 @@ async fn session(
     out_r.read_to_string(&mut out).await?;
     err_r.read_to_string(&mut err).await?;
     Ok((code, out, err))
+}
+
+/// Plain `http` URLs need no trust settings.
+fn trust() -> client::Trust {
+    client::Trust::System
 }
 
 const PIPES: Options = Options {
@@ -202,6 +207,7 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
         // a URL serves one session
         let again = client::remote_command(
             &url,
+            &trust(),
             transport,
             PIPES,
             None::<tokio::io::Empty>,
@@ -299,10 +305,9 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
             .url;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let local = listener.local_addr()?;
-        let fwd =
-            tokio::spawn(
-                async move { client::port_forward(&url, transport, 8080, listener).await },
-            );
+        let fwd = tokio::spawn(async move {
+            client::port_forward(&url, &trust(), transport, 8080, listener).await
+        });
         let mut page = String::new();
         for attempt in 0..50 {
             page.clear();
@@ -831,5 +836,79 @@ async fn events_stats_and_live_resource_updates() -> Result<()> {
     ensure!(other == mine, "two subscribers saw different sequences");
     drop(events);
     drop(second);
+    d.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_over_tls() -> Result<()> {
+    if skip_without_cni_and_busybox("streaming_over_tls") {
+        return Ok(());
+    }
+    let certs = tempfile::tempdir()?;
+    let tls = unicri_e2e::registry::TlsFiles::generate(certs.path())?;
+    let net = Net::new()?;
+    let d = unicri_e2e::daemon::Daemon::start(unicri_e2e::daemon::DaemonOpts {
+        extra_config: format!(
+            "{}[streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            net.config(),
+            tls.cert.display(),
+            tls.key.display()
+        ),
+        ..Default::default()
+    })
+    .await?;
+    unicri_e2e::fixtures::import_busybox(&d, IMAGE, &["sh"])?;
+    let logs = tempfile::tempdir()?;
+    let pod = run_pod(&d, "tls", logs.path()).await?;
+    let id = run_container(&d, &pod, container_config("c", &["sleep", "1000"])).await?;
+    let opts = Options {
+        stdin: false,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let ca = client::Trust::Ca(std::fs::read(&tls.ca_cert)?);
+    for transport in [Transport::Spdy, Transport::WebSocket] {
+        let url = exec_url(&d, &id, &["echo", "over-tls"], opts).await?;
+        ensure!(url.starts_with("https://127.0.0.1:"), "{url}");
+        let (w, mut r) = tokio::io::duplex(4096);
+        let code = client::remote_command(
+            &url,
+            &ca,
+            transport,
+            opts,
+            None::<tokio::io::Empty>,
+            w,
+            tokio::io::sink(),
+            None,
+        )
+        .await?;
+        let mut out = String::new();
+        r.read_to_string(&mut out).await?;
+        ensure!(
+            (code, out.as_str()) == (0, "over-tls\n"),
+            "{transport:?}: {code} {out:?}"
+        );
+        // a client that does not trust the daemon's CA is refused by TLS
+        let url = exec_url(&d, &id, &["true"], opts).await?;
+        let refused = client::remote_command(
+            &url,
+            &client::Trust::System,
+            transport,
+            opts,
+            None::<tokio::io::Empty>,
+            tokio::io::sink(),
+            tokio::io::sink(),
+            None,
+        )
+        .await;
+        ensure!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("TLS")),
+            "{refused:?}"
+        );
+    }
+    remove_pod(&d, &pod.0).await?;
     d.finish().await
 }
