@@ -112,17 +112,15 @@ async fn session(
     };
     let stdin = opts.stdin.then(tokio::io::stdin);
     let resize = opts.tty.then(resize_feed);
-    let result = client::remote_command(
+    let trust = client::Trust::Insecure;
+    let at = client::Endpoint {
         url,
-        &client::Trust::Insecure,
+        trust: &trust,
         transport,
         opts,
-        stdin,
-        tokio::io::stdout(),
-        tokio::io::stderr(),
-        resize,
-    )
-    .await;
+    };
+    let result =
+        client::remote_command(at, stdin, tokio::io::stdout(), tokio::io::stderr(), resize).await;
     drop(raw);
     result.map_err(|e| anyhow::anyhow!("{e}"))
 }

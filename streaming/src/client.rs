@@ -196,14 +196,24 @@ fn exit_code(status: &[u8]) -> Result<i32, ClientError> {
     ))
 }
 
-/// Runs one exec/attach session at `url`: `stdin` is sent (and closed at its end), output is
-/// written to `stdout`/`stderr`, terminal sizes from `resize` are sent. Returns the exit code
-/// (0 for an attach that ended normally).
+/// Where and how a remotecommand session connects.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint<'a> {
+    /// The URL the CRI call returned.
+    pub url: &'a str,
+    /// How `https` is trusted.
+    pub trust: &'a Trust,
+    /// SPDY or WebSocket.
+    pub transport: Transport,
+    /// The streams (as in the CRI request).
+    pub opts: Options,
+}
+
+/// Runs one exec/attach session: `stdin` is sent (and closed at its end), output is written to
+/// `stdout`/`stderr`, terminal sizes from `resize` are sent. Returns the exit code (0 for an
+/// attach that ended normally).
 pub async fn remote_command<I, O, E>(
-    url: &str,
-    trust: &Trust,
-    transport: Transport,
-    opts: Options,
+    at: Endpoint<'_>,
     stdin: Option<I>,
     stdout: O,
     stderr: E,
@@ -214,6 +224,12 @@ where
     O: AsyncWrite + Unpin + Send + 'static,
     E: AsyncWrite + Unpin + Send + 'static,
 {
+    let Endpoint {
+        url,
+        trust,
+        transport,
+        opts,
+    } = at;
     match transport {
         Transport::Spdy => {
             remote_command_spdy(url, trust, opts, stdin, stdout, stderr, resize).await

@@ -140,7 +140,18 @@ async fn session(
     let stdin = opts.stdin.then_some(r);
     let code = tokio::time::timeout(
         Duration::from_secs(60),
-        client::remote_command(url, &trust(), transport, opts, stdin, out_w, err_w, sizes),
+        client::remote_command(
+            client::Endpoint {
+                url,
+                trust: &trust(),
+                transport,
+                opts,
+            },
+            stdin,
+            out_w,
+            err_w,
+            sizes,
+        ),
     )
     .await
     .context("session did not end within 60 s")??;
@@ -206,10 +217,12 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
         );
         // a URL serves one session
         let again = client::remote_command(
-            &url,
-            &trust(),
-            transport,
-            PIPES,
+            client::Endpoint {
+                url: &url,
+                trust: &trust(),
+                transport,
+                opts: PIPES,
+            },
             None::<tokio::io::Empty>,
             tokio::io::sink(),
             tokio::io::sink(),
@@ -873,10 +886,12 @@ async fn streaming_over_tls() -> Result<()> {
         ensure!(url.starts_with("https://127.0.0.1:"), "{url}");
         let (w, mut r) = tokio::io::duplex(4096);
         let code = client::remote_command(
-            &url,
-            &ca,
-            transport,
-            opts,
+            client::Endpoint {
+                url: &url,
+                trust: &ca,
+                transport,
+                opts,
+            },
             None::<tokio::io::Empty>,
             w,
             tokio::io::sink(),
@@ -892,10 +907,12 @@ async fn streaming_over_tls() -> Result<()> {
         // a client that does not trust the daemon's CA is refused by TLS
         let url = exec_url(&d, &id, &["true"], opts).await?;
         let refused = client::remote_command(
-            &url,
-            &client::Trust::System,
-            transport,
-            opts,
+            client::Endpoint {
+                url: &url,
+                trust: &client::Trust::System,
+                transport,
+                opts,
+            },
             None::<tokio::io::Empty>,
             tokio::io::sink(),
             tokio::io::sink(),
