@@ -343,6 +343,7 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
     // a container on a terminal: attach joins it, resizes it, and its output is logged
     let mut cfg = container_config("tty", &["sh"]);
     cfg.stdin = true;
+    cfg.stdin_once = true;
     cfg.tty = true;
     let tty_ctr = run_container(&d, &pod, cfg).await?;
     let url = rt

@@ -287,8 +287,9 @@ pub(super) async fn attach(
                         Some(e) => (e.stdin.clone(), e.tty.is_some(), e.stdin_once),
                         None => (None, false, false),
                     };
-                    // a terminal has no "close": it gets what a user's ^D sends
-                    if let (Some(s), true) = (&stdin, tty) {
+                    // without stdin_once the container's stdin outlives the attach; with it,
+                    // a terminal (which has no "close") gets what a user's ^D sends
+                    if let (Some(s), true, true) = (&stdin, tty, once) {
                         let _ = s.write_all(b"\x04").await;
                     }
                     if once && let Some(e) = input_state.borrow_mut().containers.get_mut(&input_id)
