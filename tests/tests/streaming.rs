@@ -394,6 +394,68 @@ async fn exec_attach_and_port_forward_over_spdy_and_websocket() -> Result<()> {
         "tty log: {log:?}"
     );
 
+    // a client that goes away takes its exec'd process along
+    let opts = Options {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = exec_url(
+        &d,
+        &web,
+        &["sh", "-c", "echo started; exec sleep 4242"],
+        opts,
+    )
+    .await?;
+    let (out_w, mut out_r) = tokio::io::duplex(4096);
+    let (_keep_stdin_open, stdin_r) = tokio::io::duplex(16);
+    let running = tokio::spawn(async move {
+        client::remote_command(
+            client::Endpoint {
+                url: &url,
+                trust: &trust(),
+                transport: Transport::Spdy,
+                opts,
+            },
+            Some(stdin_r),
+            out_w,
+            tokio::io::sink(),
+            None,
+        )
+        .await
+    });
+    let mut started = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(20), out_r.read_exact(&mut started))
+        .await
+        .context("the exec never started")??;
+    let sleeping = |d: &Daemon| {
+        let mut rt = d.runtime();
+        let id = web.clone();
+        async move {
+            let r = rt
+                .exec_sync(v1::ExecSyncRequest {
+                    container_id: id,
+                    cmd: vec!["ps".into()],
+                    timeout: 10,
+                })
+                .await?
+                .into_inner();
+            Ok::<bool, anyhow::Error>(String::from_utf8_lossy(&r.stdout).contains("sleep 4242"))
+        }
+    };
+    ensure!(sleeping(&d).await?, "the exec'd process is not running");
+    running.abort();
+    let mut gone = false;
+    for _ in 0..50 {
+        if !sleeping(&d).await? {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(gone, "the exec'd process outlived its client");
+
     // 20 sessions at once
     let mut set = tokio::task::JoinSet::new();
     for i in 0..20 {

@@ -88,6 +88,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn received_data_is_granted_back_with_window_updates() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut raw, b) = tokio::io::duplex(1 << 20);
+        let mut server = Connection::new(b, Role::Server);
+        let mut out = bytes::BytesMut::new();
+        let block = headers::Compressor::new()
+            .compress(&h(&[("streamtype", "stdin")]))
+            .expect("compress");
+        frame::encode(
+            &frame::Frame::SynStream {
+                stream_id: 1,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                block: block.into(),
+            },
+            &mut out,
+        );
+        // more than SPDY/3.1's initial 64 KiB window, in frames of 16 KiB
+        for _ in 0..8 {
+            frame::encode(
+                &frame::Frame::Data {
+                    stream_id: 1,
+                    flags: 0,
+                    data: Bytes::from(vec![1u8; 16 * 1024]),
+                },
+                &mut out,
+            );
+        }
+        raw.write_all(&out).await.expect("write");
+        let mut s = server.accept().await.expect("stream");
+        let mut got = 0;
+        while got < 8 * 16 * 1024 {
+            got += s.reader.read().await.expect("data").len();
+        }
+        let mut buf = bytes::BytesMut::new();
+        let mut granted = 0u32;
+        while granted < 8 * 16 * 1024 {
+            raw.read_buf(&mut buf).await.expect("read");
+            while let Some(f) = frame::decode(&mut buf).expect("frame") {
+                if let frame::Frame::WindowUpdate {
+                    stream_id: 1,
+                    delta,
+                } = f
+                {
+                    granted += delta;
+                }
+            }
+        }
+        assert_eq!(
+            granted,
+            8 * 16 * 1024,
+            "every byte consumed is granted back"
+        );
+    }
+
+    #[tokio::test]
     async fn pings_are_answered_and_streams_with_the_wrong_parity_refused() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut raw, b) = tokio::io::duplex(4096);
