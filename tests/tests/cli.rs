@@ -1,4 +1,5 @@
-//! The container CLI end to end: `unicri run`, `ps`, `exec`, `logs` (with `-f` across a log
+//! The container CLI end to end: `unicri run`, `ps`, `exec` (ExecSync, and `-i` sessions),
+//! `port-forward`, `stats`, `events`, `logs` (with `-f` across a log
 //! rotation), `stop` and `rm`, run as the real binary against a real daemon with a busybox
 //! image and Debian's CNI plugins. A leak check runs at the end of each test.
 
@@ -557,5 +558,160 @@ async fn ps_exec_logs_stop_and_rm_on_cri_containers() -> Result<()> {
     );
 
     cli_ok(&d, &["rmp", &pod.id])?;
+    d.finish().await
+}
+
+/// Runs the CLI with `input` on stdin; (exit code, stdout, stderr).
+fn cli_with_stdin(d: &Daemon, args: &[&str], input: &[u8]) -> Result<(i32, String, String)> {
+    use std::io::Write;
+    let mut child = Command::new(unicri_bin())
+        .arg("--address")
+        .arg(&d.socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().context("killed by a signal")?,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_i_port_forward_stats_and_events_from_the_cli() -> Result<()> {
+    if skip_without_cni_and_busybox("exec_i_port_forward_stats_and_events_from_the_cli") {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
+    let logs = tempfile::tempdir()?;
+
+    // events: a JSON line per event, as they happen
+    let mut events = Command::new(unicri_bin())
+        .arg("--address")
+        .arg(&d.socket)
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pod = run_pod(&d, "clistream", logs.path()).await?;
+    let web = start_container(
+        &d,
+        &pod,
+        "web",
+        "mkdir -p /tmp/w && echo cli-page > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w",
+    )
+    .await?;
+
+    // exec -i: piped stdin through a streaming session, both transports, exit code kept
+    for transport in ["spdy", "websocket"] {
+        let (code, out, err) = cli_with_stdin(
+            &d,
+            &[
+                "exec",
+                "-i",
+                "--transport",
+                transport,
+                &web[..12],
+                "sh",
+                "-c",
+                "cat; exit 6",
+            ],
+            b"from-stdin",
+        )?;
+        ensure!(
+            (code, out.as_str()) == (6, "from-stdin"),
+            "{transport}: {code} {out:?} {err}"
+        );
+    }
+    // -t without a terminal is refused clearly
+    let (code, _, err) = cli(&d, &["exec", "-t", &web[..12], "true"])?;
+    ensure!(code != 0 && err.contains("terminal"), "{code} {err}");
+
+    // port-forward: a local port to the pod's httpd until interrupted
+    let port = unicri_e2e::registry::free_port()?;
+    let mut pf = Command::new(unicri_bin())
+        .arg("--address")
+        .arg(&d.socket)
+        .args(["port-forward", &pod.id[..12], &format!("{port}:8080")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut page = String::new();
+    for attempt in 0..50 {
+        page.clear();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let _ = s.read_to_string(&mut page);
+            if page.contains("cli-page") {
+                break;
+            }
+        }
+        ensure!(attempt < 49, "port-forward never served the page: {page:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kill(Pid::from_raw(pf.id() as i32), Signal::SIGINT)?;
+    let status = pf.wait()?;
+    ensure!(status.success(), "port-forward after SIGINT: {status:?}");
+
+    // stats: a row for the running container
+    let stats = cli_ok(&d, &["stats"])?;
+    ensure!(
+        stats
+            .lines()
+            .next()
+            .is_some_and(|h| h.starts_with("CONTAINER")),
+        "{stats}"
+    );
+    ensure!(
+        stats
+            .lines()
+            .any(|l| l.starts_with(&web[..13]) && l.contains("web")),
+        "{stats}"
+    );
+
+    let mut rt = d.runtime();
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill(Pid::from_raw(events.id() as i32), Signal::SIGINT)?;
+    let out = events.wait_with_output()?;
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let of = |id: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|e| e["id"] == id)
+            .map(|e| e["type"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let life = [
+        "CONTAINER_CREATED_EVENT",
+        "CONTAINER_STARTED_EVENT",
+        "CONTAINER_STOPPED_EVENT",
+        "CONTAINER_DELETED_EVENT",
+    ];
+    ensure!(of(&pod.id) == life, "pod events {:?}", of(&pod.id));
+    ensure!(of(&web) == life, "container events {:?}", of(&web));
     d.finish().await
 }
