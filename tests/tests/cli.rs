@@ -593,7 +593,7 @@ async fn exec_i_port_forward_stats_and_events_from_the_cli() -> Result<()> {
     let logs = tempfile::tempdir()?;
 
     // events: a JSON line per event, as they happen
-    let mut events = Command::new(unicri_bin())
+    let events = Command::new(unicri_bin())
         .arg("--address")
         .arg(&d.socket)
         .arg("events")
