@@ -30,7 +30,7 @@ pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
     Ok(channel)
 }
 
-fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {} ({:?})", s.message(), s.code())
 }
 
@@ -175,7 +175,7 @@ async fn pull_with_progress(
     bail!("pull stream ended without a result")
 }
 
-fn human_size(n: u64) -> String {
+pub(crate) fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     // Display only: the float conversion's precision loss is irrelevant here.
     #[allow(clippy::cast_precision_loss)]

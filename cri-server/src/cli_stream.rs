@@ -12,6 +12,8 @@ use unicri_proto::{RuntimeServiceClient, v1};
 use unicri_streaming::TermSize;
 use unicri_streaming::client::{self, Transport};
 
+use crate::cli::{human_size, status_err};
+
 /// `--transport`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum TransportArg {
@@ -125,8 +127,14 @@ async fn session(
     result.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{what}: {}: {}", s.code(), s.message())
+/// The streams of an interactive session: stdout always, stderr unless on a terminal.
+fn interactive(stdin: bool, tty: bool) -> unicri_streaming::Options {
+    unicri_streaming::Options {
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    }
 }
 
 /// `unicri exec -i/-t`: an interactive exec; exits with the command's exit code.
@@ -138,25 +146,20 @@ pub async fn exec(
     tty: bool,
     transport: TransportArg,
 ) -> anyhow::Result<()> {
+    let opts = interactive(stdin, tty);
     let url = RuntimeServiceClient::new(ch)
         .exec(v1::ExecRequest {
             container_id: container.to_string(),
             cmd: command.to_vec(),
             tty,
             stdin,
-            stdout: true,
-            stderr: !tty,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
         })
         .await
         .map_err(|s| status_err("exec", s))?
         .into_inner()
         .url;
-    let opts = unicri_streaming::Options {
-        stdin,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    };
     let code = session(&url, transport.into(), opts).await?;
     if code != 0 {
         std::process::exit(code);
@@ -172,24 +175,19 @@ pub async fn attach(
     tty: bool,
     transport: TransportArg,
 ) -> anyhow::Result<()> {
+    let opts = interactive(stdin, tty);
     let url = RuntimeServiceClient::new(ch)
         .attach(v1::AttachRequest {
             container_id: container.to_string(),
             stdin,
             tty,
-            stdout: true,
-            stderr: !tty,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
         })
         .await
         .map_err(|s| status_err("attach", s))?
         .into_inner()
         .url;
-    let opts = unicri_streaming::Options {
-        stdin,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    };
     session(&url, transport.into(), opts).await.map(|_| ())
 }
 
@@ -243,21 +241,6 @@ pub async fn port_forward(
     }
 }
 
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", UNITS[u])
-    }
-}
-
 /// `unicri stats`: CPU, memory and writable layer of running containers.
 pub async fn stats(ch: Channel, container: Option<&str>) -> anyhow::Result<()> {
     let mut rt = RuntimeServiceClient::new(ch);
@@ -289,12 +272,12 @@ pub async fn stats(ch: Channel, container: Option<&str>) -> anyhow::Result<()> {
         let mem = s
             .memory
             .and_then(|m| m.working_set_bytes)
-            .map(|v| human(v.value))
+            .map(|v| human_size(v.value))
             .unwrap_or_else(|| "-".into());
         let disk = s
             .writable_layer
             .and_then(|w| w.used_bytes)
-            .map(|v| human(v.value))
+            .map(|v| human_size(v.value))
             .unwrap_or_else(|| "-".into());
         let id: String = attrs.id.chars().take(13).collect();
         writeln!(out, "{id:<13} {name:<24} {cpu:>8} {mem:>10} {disk:>10}")?;

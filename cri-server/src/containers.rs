@@ -386,7 +386,14 @@ impl Containers {
             }
         }
         self.store.journal_finish(op).await?;
-        result.map(|()| id)
+        result?;
+        self.emit(
+            &id,
+            &pod.row.id,
+            v1::ContainerEventType::ContainerCreatedEvent,
+        )
+        .await;
+        Ok(id)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -769,19 +776,10 @@ impl Containers {
         if cmd.is_empty() {
             return Err(CriError::invalid("exec needs a command"));
         }
-        let c = self
-            .resolve(id)
-            .await?
-            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
-        if ContainerState::parse(&c.row.state) != ContainerState::Running {
-            return Err(CriError::new(
-                ErrorKind::FailedPrecondition,
-                format!("container {} is not running", c.row.id),
-            ));
-        }
+        let (id, _) = self.running(id).await?;
         self.keeper
             .exec(ExecRequest {
-                id: c.row.id.clone(),
+                id,
                 argv: cmd,
                 timeout_ms: u64::try_from(timeout.max(0))
                     .unwrap_or(0)
@@ -822,8 +820,8 @@ impl Containers {
             .map_err(|e| CriError::from_classified("attach to container", &e))
     }
 
-    /// The running container `id` names (for Exec and Attach): its full id and whether it
-    /// was created with stdin.
+    /// The running container `id` names (ExecSync, Exec, Attach, ReopenContainerLog): its full
+    /// id and whether it was created with stdin.
     pub async fn running(&self, id: &str) -> Result<(String, bool), CriError> {
         let c = self
             .resolve(id)
@@ -876,18 +874,9 @@ impl Containers {
 
     /// `ReopenContainerLog`.
     pub async fn reopen_log(&self, id: &str) -> Result<(), CriError> {
-        let c = self
-            .resolve(id)
-            .await?
-            .ok_or_else(|| CriError::not_found(format!("container {id} not found")))?;
-        if ContainerState::parse(&c.row.state) != ContainerState::Running {
-            return Err(CriError::new(
-                ErrorKind::FailedPrecondition,
-                format!("container {} is not running", c.row.id),
-            ));
-        }
+        let (id, _) = self.running(id).await?;
         self.keeper
-            .reopen_log(&c.row.id)
+            .reopen_log(&id)
             .await
             .map_err(|e| CriError::from_classified("reopen container log", &e))
     }

@@ -10,7 +10,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use unicri_runtime_linux::keeper::KeeperSession;
 use unicri_runtime_linux::keeper::proto::frame;
-use unicri_sandbox::container::ContainerState;
 use unicri_streaming::{Io, StreamError, StreamRuntime};
 
 use crate::containers::Containers;
@@ -122,24 +121,6 @@ fn stream_error(e: crate::error::CriError) -> StreamError {
     }
 }
 
-impl Streams {
-    async fn running_container(&self, id: &str) -> Result<String, StreamError> {
-        let c = self
-            .containers
-            .resolve(id)
-            .await
-            .map_err(stream_error)?
-            .ok_or_else(|| StreamError::NotFound(format!("container {id} not found")))?;
-        if ContainerState::parse(&c.row.state) != ContainerState::Running {
-            return Err(StreamError::Failed(format!(
-                "container {} is not running",
-                c.row.id
-            )));
-        }
-        Ok(c.row.id)
-    }
-}
-
 #[async_trait::async_trait]
 impl StreamRuntime for Streams {
     async fn exec(
@@ -149,7 +130,11 @@ impl StreamRuntime for Streams {
         tty: bool,
         io: Io,
     ) -> Result<i32, StreamError> {
-        let id = self.running_container(container_id).await?;
+        let (id, _) = self
+            .containers
+            .running(container_id)
+            .await
+            .map_err(stream_error)?;
         let session = self
             .containers
             .open_exec_stream(&id, cmd, tty, io.stdin.is_some())
@@ -159,7 +144,11 @@ impl StreamRuntime for Streams {
     }
 
     async fn attach(&self, container_id: &str, _tty: bool, io: Io) -> Result<(), StreamError> {
-        let id = self.running_container(container_id).await?;
+        let (id, _) = self
+            .containers
+            .running(container_id)
+            .await
+            .map_err(stream_error)?;
         let session = self
             .containers
             .open_attach(&id, io.stdin.is_some())
@@ -210,32 +199,22 @@ async fn dial_loopback(port: u16) -> std::io::Result<tokio::net::TcpStream> {
     }
 }
 
-/// Connects to the pod's loopback from a fresh thread that joins the pod's network namespace
-/// (a socket belongs to the namespace it was made in; the thread exits right after, so no
-/// thread of the daemon stays in the pod's namespace).
+/// Connects to the pod's loopback from a thread that joins the pod's network namespace
+/// (`network-cni`'s `run_in`: a fresh thread, so no thread of the daemon stays in it; a socket
+/// keeps the namespace it was made in).
 async fn dial_in_netns(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("unicri-pf-dial".into())
-        .spawn(move || {
-            let dial = || -> std::io::Result<std::net::TcpStream> {
-                let ns = std::fs::File::open(&netns)?;
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                match std::net::TcpStream::connect_timeout(&v4, DIAL_TIMEOUT) {
-                    Ok(s) => Ok(s),
-                    Err(e) => {
-                        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
-                        std::net::TcpStream::connect_timeout(&v6, DIAL_TIMEOUT).map_err(|_| e)
-                    }
-                }
-            };
-            let _ = tx.send(dial());
-        })?;
-    let stream = rx
-        .await
-        .map_err(|_| std::io::Error::other("dial thread ended without an answer"))??;
+    let stream = tokio::task::spawn_blocking(move || {
+        unicri_network_cni::run_in(&netns, || {
+            let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpStream::connect_timeout(&v4, DIAL_TIMEOUT).or_else(|e| {
+                let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&v6, DIAL_TIMEOUT).map_err(|_| e)
+            })
+        })
+        .map_err(std::io::Error::other)
+    })
+    .await
+    .map_err(std::io::Error::other)???;
     stream.set_nonblocking(true)?;
     tokio::net::TcpStream::from_std(stream)
 }

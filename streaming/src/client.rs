@@ -240,6 +240,49 @@ where
     }
 }
 
+/// A SPDY session on `url` speaking `protocol`.
+async fn spdy_session(
+    url: &str,
+    trust: &Trust,
+    protocol: &str,
+) -> Result<spdy::Connection, ClientError> {
+    let (s, leftover, _) = upgrade(
+        url,
+        trust,
+        "POST",
+        &[
+            ("Upgrade", "SPDY/3.1".into()),
+            ("X-Stream-Protocol-Version", protocol.into()),
+        ],
+    )
+    .await?;
+    Ok(spdy::Connection::new(
+        crate::http::Prefixed::new(leftover, s),
+        spdy::Role::Client,
+    ))
+}
+
+/// A WebSocket on `url` with `subprotocol`.
+async fn ws_session(
+    url: &str,
+    trust: &Trust,
+    subprotocol: &str,
+) -> Result<(ws::Receiver<Box<dyn Conn>>, ws::Sender), ClientError> {
+    let (s, leftover, _) = upgrade(
+        url,
+        trust,
+        "GET",
+        &[
+            ("Upgrade", "websocket".into()),
+            ("Sec-WebSocket-Version", "13".into()),
+            ("Sec-WebSocket-Key", ws_key()),
+            ("Sec-WebSocket-Protocol", subprotocol.into()),
+        ],
+    )
+    .await?;
+    Ok(ws::split(s, ws::Role::Client, leftover))
+}
+
 fn h(pairs: &[(&str, &str)]) -> spdy::Headers {
     pairs
         .iter()
@@ -270,38 +313,13 @@ where
     O: AsyncWrite + Unpin + Send + 'static,
     E: AsyncWrite + Unpin + Send + 'static,
 {
-    let (s, leftover, _) = upgrade(
-        url,
-        trust,
-        "POST",
-        &[
-            ("Upgrade", "SPDY/3.1".into()),
-            ("X-Stream-Protocol-Version", "v4.channel.k8s.io".into()),
-        ],
-    )
-    .await?;
-    let mut conn =
-        spdy::Connection::new(crate::http::Prefixed::new(leftover, s), spdy::Role::Client);
+    let mut conn = spdy_session(url, trust, "v4.channel.k8s.io").await?;
     let mut error = conn.open(h(&[("streamType", "error")]), false).await?;
     let mut tasks = Vec::new();
     if opts.stdin {
         let st = conn.open(h(&[("streamType", "stdin")]), false).await?;
-        if let Some(mut input) = stdin {
-            let w = st.writer;
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match input.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if w.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = w.close().await;
-            });
+        if let Some(input) = stdin {
+            tokio::spawn(async move { st.writer.send_all_from(input).await });
         }
     }
     if opts.stdout {
@@ -353,19 +371,7 @@ where
     O: AsyncWrite + Unpin + Send + 'static,
     E: AsyncWrite + Unpin + Send + 'static,
 {
-    let (s, leftover, _) = upgrade(
-        url,
-        trust,
-        "GET",
-        &[
-            ("Upgrade", "websocket".into()),
-            ("Sec-WebSocket-Version", "13".into()),
-            ("Sec-WebSocket-Key", ws_key()),
-            ("Sec-WebSocket-Protocol", "v5.channel.k8s.io".into()),
-        ],
-    )
-    .await?;
-    let (mut rx, tx) = ws::split(s, ws::Role::Client, leftover);
+    let (mut rx, tx) = ws_session(url, trust, "v5.channel.k8s.io").await?;
     if opts.stdin
         && let Some(mut input) = stdin
     {
@@ -434,36 +440,10 @@ pub async fn port_forward(
     listener: tokio::net::TcpListener,
 ) -> Result<(), ClientError> {
     let mut conn = match transport {
-        Transport::Spdy => {
-            let (s, leftover, _) = upgrade(
-                url,
-                trust,
-                "POST",
-                &[
-                    ("Upgrade", "SPDY/3.1".into()),
-                    ("X-Stream-Protocol-Version", "portforward.k8s.io".into()),
-                ],
-            )
-            .await?;
-            spdy::Connection::new(crate::http::Prefixed::new(leftover, s), spdy::Role::Client)
-        }
+        Transport::Spdy => spdy_session(url, trust, crate::portforward::PROTOCOL).await?,
         Transport::WebSocket => {
-            let (s, leftover, _) = upgrade(
-                url,
-                trust,
-                "GET",
-                &[
-                    ("Upgrade", "websocket".into()),
-                    ("Sec-WebSocket-Version", "13".into()),
-                    ("Sec-WebSocket-Key", ws_key()),
-                    (
-                        "Sec-WebSocket-Protocol",
-                        "SPDY/3.1+portforward.k8s.io".into(),
-                    ),
-                ],
-            )
-            .await?;
-            let (rx, tx) = ws::split(s, ws::Role::Client, leftover);
+            let tunnelled = format!("SPDY/3.1+{}", crate::portforward::PROTOCOL);
+            let (rx, tx) = ws_session(url, trust, &tunnelled).await?;
             spdy::Connection::new(ws::tunnel(rx, tx), spdy::Role::Client)
         }
     };
@@ -486,26 +466,13 @@ pub async fn port_forward(
             )
             .await?;
         tokio::spawn(async move {
-            let (mut lr, mut lw) = local.into_split();
+            let (lr, mut lw) = local.into_split();
             let spdy::Stream {
                 reader: mut dr,
                 writer: dw,
                 ..
             } = data;
-            let up = tokio::spawn(async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match lr.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if dw.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = dw.close().await;
-            });
+            let up = tokio::spawn(async move { dw.send_all_from(lr).await });
             while let Some(d) = dr.read().await {
                 if lw.write_all(&d).await.is_err() {
                     break;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::runtime::StreamRuntime;
 use crate::spdy;
@@ -118,7 +118,7 @@ async fn forward(
             return fail(format!("error forwarding port {port} to pod {pod_id}: {e}")).await;
         }
     };
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     let spdy::Stream {
         reader: mut data_rd,
         writer: data_wr,
@@ -132,24 +132,7 @@ async fn forward(
         }
         let _ = wr.shutdown().await;
     };
-    let from_pod = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if data_wr
-                        .write(Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = data_wr.close().await;
-    };
+    let from_pod = data_wr.send_all_from(rd);
     // the pod closing its side ends the forward; the client closing its side only half-closes
     tokio::select! {
         () = async { to_pod.await; std::future::pending::<()>().await } => {}

@@ -70,3 +70,32 @@ pub async fn container_status(d: &Daemon, id: &str) -> Result<v1::ContainerStatu
         .status
         .context("no container status")
 }
+
+/// A pod config named `name` (namespace `e2e`) logging under `log_dir`.
+pub fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
+    v1::PodSandboxConfig {
+        metadata: Some(v1::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// StopPodSandbox, then RemovePodSandbox.
+pub async fn remove_pod(d: &Daemon, id: &str) -> Result<()> {
+    let mut rt = d.runtime();
+    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: id.into(),
+    })
+    .await?;
+    Ok(())
+}

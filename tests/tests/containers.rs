@@ -9,24 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use unicri_e2e::cni::Net;
 use unicri_e2e::daemon::Daemon;
-use unicri_e2e::fixtures::{container_status, daemon_with_busybox, skip_without_cni_and_busybox};
+use unicri_e2e::fixtures::{
+    container_status, daemon_with_busybox, pod_config, remove_pod, skip_without_cni_and_busybox,
+};
 use unicri_proto::v1;
 
 const IMAGE: &str = "docker.io/e2e/busybox:c1";
-
-fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
-    v1::PodSandboxConfig {
-        metadata: Some(v1::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        ..Default::default()
-    }
-}
 
 fn container_config(name: &str, cmd: &[&str]) -> v1::ContainerConfig {
     v1::ContainerConfig {
@@ -138,19 +126,6 @@ fn log_records(path: &Path) -> Result<Vec<(String, String, String)>> {
         ));
     }
     Ok(out)
-}
-
-async fn remove_pod(d: &Daemon, id: &str) -> Result<()> {
-    let mut rt = d.runtime();
-    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,26 +10,14 @@ use anyhow::{Context, Result, bail, ensure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use unicri_e2e::cni::Net;
 use unicri_e2e::daemon::Daemon;
-use unicri_e2e::fixtures::{container_status, daemon_with_busybox, skip_without_cni_and_busybox};
+use unicri_e2e::fixtures::{
+    container_status, daemon_with_busybox, pod_config, remove_pod, skip_without_cni_and_busybox,
+};
 use unicri_proto::v1;
 use unicri_streaming::client::{self, Transport};
 use unicri_streaming::{Options, TermSize};
 
 const IMAGE: &str = "docker.io/e2e/busybox:s1";
-
-fn pod_config(name: &str, log_dir: &Path) -> v1::PodSandboxConfig {
-    v1::PodSandboxConfig {
-        metadata: Some(v1::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        ..Default::default()
-    }
-}
 
 fn container_config(name: &str, cmd: &[&str]) -> v1::ContainerConfig {
     v1::ContainerConfig {
@@ -81,19 +69,6 @@ async fn run_container(
     })
     .await?;
     Ok(id)
-}
-
-async fn remove_pod(d: &Daemon, id: &str) -> Result<()> {
-    let mut rt = d.runtime();
-    rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await?;
-    Ok(())
 }
 
 async fn exec_url(d: &Daemon, id: &str, cmd: &[&str], opts: Options) -> Result<String> {

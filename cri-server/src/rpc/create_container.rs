@@ -19,14 +19,5 @@ pub(crate) async fn create_container(
         .containers
         .create(&req.pod_sandbox_id, config, req.sandbox_config)
         .await?;
-    if let Some(pod) = cri.pods.resolve(&req.pod_sandbox_id).await? {
-        cri.containers
-            .emit(
-                &id,
-                &pod.row.id,
-                v1::ContainerEventType::ContainerCreatedEvent,
-            )
-            .await;
-    }
     Ok(v1::CreateContainerResponse { container_id: id })
 }

@@ -181,7 +181,8 @@ async fn collect(cri: &Cri) -> Result<Vec<v1::PodSandboxMetrics>, CriError> {
         if p.row.state != crate::pods::READY {
             continue;
         }
-        let stats = super::pod_sandbox_stats::pod_stats_of(cri, &p).await?;
+        // the pod's own figures; each running container's are read once, below
+        let stats = super::pod_sandbox_stats::pod_stats_with(cri, &p, Vec::new());
         let md = p.config.metadata.clone().unwrap_or_default();
         let Some(linux) = stats.linux else { continue };
         let pod_labels = labels("", &p.row.id, "", "", &md.namespace, &md.name);

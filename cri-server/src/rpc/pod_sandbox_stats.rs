@@ -13,6 +13,23 @@ pub(crate) async fn pod_stats_of(
     cri: &Cri,
     p: &StoredPod,
 ) -> Result<v1::PodSandboxStats, CriError> {
+    let containers = cri
+        .containers
+        .list(Some(&p.row.id))
+        .await?
+        .iter()
+        .map(|c| stats_of(cri, c))
+        .collect();
+    Ok(pod_stats_with(cri, p, containers))
+}
+
+/// The pod's own figures (its cgroup, network, processes) with `containers` as its
+/// containers' stats.
+pub(crate) fn pod_stats_with(
+    cri: &Cri,
+    p: &StoredPod,
+    containers: Vec<v1::ContainerStats>,
+) -> v1::PodSandboxStats {
     let path = p
         .state
         .linux
@@ -22,15 +39,8 @@ pub(crate) async fn pod_stats_of(
         .unwrap_or_else(|| p.state.cgroup_parent.clone());
     let ready = p.row.state == READY;
     let (cpu, memory, s) = cgroup_usage(cri, &path, ready && !path.is_empty());
-    let containers = cri
-        .containers
-        .list(Some(&p.row.id))
-        .await?
-        .iter()
-        .map(|c| stats_of(cri, c))
-        .collect();
     let md = p.config.metadata.clone().unwrap_or_default();
-    Ok(v1::PodSandboxStats {
+    v1::PodSandboxStats {
         attributes: Some(v1::PodSandboxAttributes {
             id: p.row.id.clone(),
             metadata: Some(md),
@@ -51,7 +61,7 @@ pub(crate) async fn pod_stats_of(
             io: None,
         }),
         windows: None,
-    })
+    }
 }
 
 /// The pod's interface counters, read inside its network namespace (`eth0` is the default

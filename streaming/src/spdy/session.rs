@@ -135,6 +135,23 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Sends everything `input` yields, then finishes the stream (stops early if the session
+    /// is gone).
+    pub async fn send_all_from<R: AsyncRead + Unpin>(&self, mut input: R) {
+        let mut buf = vec![0u8; MAX_DATA_FRAME];
+        loop {
+            match input.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if self.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = self.close().await;
+    }
+
     /// Finishes this side of the stream (empty data frame with FIN).
     pub async fn close(&self) -> std::io::Result<()> {
         self.send(Bytes::new(), FLAG_FIN).await

@@ -101,6 +101,54 @@ pub fn recv_fd(sock: RawFd) -> std::io::Result<OwnedFd> {
     ))
 }
 
+/// A unix socket the keeper listens on for one terminal master (libcontainer's console socket
+/// protocol), in the keeper directory; its file is removed when it is dropped.
+pub struct ConsoleSocket {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+impl ConsoleSocket {
+    /// Binds a fresh socket in `dir`.
+    pub fn bind(dir: &std::path::Path) -> Result<Self, String> {
+        let path = dir.join(format!("console-{}.sock", super::now_ns()));
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| format!("bind console socket {}: {e}", path.display()))?;
+        Ok(Self { listener, path })
+    }
+
+    /// The socket's path (for libcontainer's `with_console_socket`).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Accepts libcontainer's connection and receives the terminal master.
+    pub async fn receive(&self) -> Result<OwnedFd, String> {
+        const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+        let (sock, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .map_err(|_| "the terminal never arrived on the console socket".to_string())?
+            .map_err(|e| format!("accept on console socket: {e}"))?;
+        loop {
+            tokio::time::timeout(WAIT, sock.readable())
+                .await
+                .map_err(|_| "the terminal never arrived".to_string())?
+                .map_err(|e| format!("console socket: {e}"))?;
+            match recv_fd(sock.as_raw_fd()) {
+                Ok(fd) => return Ok(fd),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(format!("receive the terminal: {e}")),
+            }
+        }
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Sets the size of the terminal whose master is `fd`.
 pub fn set_winsize(fd: RawFd, width: u16, height: u16) -> std::io::Result<()> {
     let ws = libc::winsize {

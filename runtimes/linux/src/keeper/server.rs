@@ -25,7 +25,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, oneshot, watch};
 use unicri_sandbox::container::ExitStatus;
 
-use super::fdio::FdIo;
+use super::fdio::{ConsoleSocket, FdIo};
 use super::logs::{LineSplitter, LogFile, Stream};
 use super::proto::frame;
 use super::proto::{
@@ -403,10 +403,9 @@ async fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Cr
             .socket
             .parent()
             .ok_or_else(|| "keeper socket has no directory".to_string())?;
-        let path = dir.join(format!("console-{}.sock", now_ns()));
-        let listener = UnixListener::bind(&path)
-            .map_err(|e| format!("bind console socket {}: {e}", path.display()))?;
-        console = Some((listener, path.clone()));
+        let socket = ConsoleSocket::bind(dir)?;
+        let path = socket.path().to_path_buf();
+        console = Some(socket);
         super::worker::fork_worker(move || {
             let container = ContainerBuilder::new(id.clone(), SyscallType::Linux)
                 .with_root_path(&root)
@@ -465,8 +464,8 @@ async fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Cr
             .await
             .map_err(|e| format!("read create worker result: {e}"))?;
         let pid = super::worker::parse_result(&line)?;
-        if let Some((listener, _)) = &console {
-            let master = receive_master(listener).await.inspect_err(|_| {
+        if let Some(socket) = &console {
+            let master = socket.receive().await.inspect_err(|_| {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             })?;
             created.master = Some(master);
@@ -474,33 +473,10 @@ async fn create_container(req: &CreateRequest, paths: &KeeperPaths) -> Result<Cr
         Ok::<i32, String>(pid)
     }
     .await;
-    if let Some((listener, path)) = console {
-        drop(listener);
-        let _ = std::fs::remove_file(path);
-    }
+    drop(console);
     created.pid = result?;
     set_oom_score_adj(created.pid, req.oom_score_adj);
     Ok(created)
-}
-
-/// Accepts libcontainer's console socket connection and receives the terminal master.
-pub(super) async fn receive_master(listener: &UnixListener) -> Result<OwnedFd, String> {
-    const WAIT: Duration = Duration::from_secs(10);
-    let (sock, _) = tokio::time::timeout(WAIT, listener.accept())
-        .await
-        .map_err(|_| "the terminal never arrived on the console socket".to_string())?
-        .map_err(|e| format!("accept on console socket: {e}"))?;
-    loop {
-        tokio::time::timeout(WAIT, sock.readable())
-            .await
-            .map_err(|_| "the terminal never arrived".to_string())?
-            .map_err(|e| format!("console socket: {e}"))?;
-        match super::fdio::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&sock)) {
-            Ok(fd) => return Ok(fd),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(format!("receive the terminal: {e}")),
-        }
-    }
 }
 
 /// Writes `value` (never below the keeper's own score) to the init's `oom_score_adj`.

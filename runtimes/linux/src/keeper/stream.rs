@@ -12,17 +12,15 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::fdio::{self, FdIo};
+use super::KeeperPaths;
+use super::fdio::{self, ConsoleSocket, FdIo};
 use super::proto::{ExecStreamRequest, Response, frame};
 use super::server::{
     ExecSpawned, ExecStdio, Shared, error, not_found, reap, respond, spawn_process,
 };
-use super::{KeeperPaths, now_ns};
 
 /// Output still held open by a background process is not waited for long after the exit.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
-/// How long the exec's terminal master may take to arrive on the console socket.
-const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Rd = BufReader<OwnedReadHalf>;
 
@@ -90,47 +88,26 @@ async fn start(
         .socket
         .parent()
         .ok_or_else(|| "keeper socket has no directory".to_string())?;
-    let console = dir.join(format!("console-{}.sock", now_ns()));
-    let listener = tokio::net::UnixListener::bind(&console)
-        .map_err(|e| format!("bind console socket {}: {e}", console.display()))?;
+    let console = ConsoleSocket::bind(dir)?;
     let spawned = spawn_process(
         &req.id,
         &req.argv,
         &ExecStdio::Tty {
-            console: console.clone(),
+            console: console.path().to_path_buf(),
         },
         paths,
-    );
-    if let Ok(s) = &spawned {
-        register(s.pid);
+    )?;
+    register(spawned.pid);
+    match console.receive().await {
+        Ok(fd) => {
+            let master = FdIo::new(fd).map_err(|e| format!("terminal master: {e}"))?;
+            Ok((spawned, Some(master)))
+        }
+        Err(e) => {
+            let _ = kill(Pid::from_raw(spawned.pid), Signal::SIGKILL);
+            Err(format!("the exec's terminal: {e}"))
+        }
     }
-    let master = async {
-        let spawned = spawned?;
-        let (sock, _) = tokio::time::timeout(CONSOLE_TIMEOUT, listener.accept())
-            .await
-            .map_err(|_| "the exec's terminal never arrived on the console socket".to_string())?
-            .map_err(|e| format!("accept on console socket: {e}"))?;
-        let fd = loop {
-            tokio::time::timeout(CONSOLE_TIMEOUT, sock.readable())
-                .await
-                .map_err(|_| "the exec's terminal never arrived".to_string())?
-                .map_err(|e| format!("console socket: {e}"))?;
-            match fdio::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&sock)) {
-                Ok(fd) => break fd,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => {
-                    let _ = kill(Pid::from_raw(spawned.pid), Signal::SIGKILL);
-                    return Err(format!("receive the exec's terminal: {e}"));
-                }
-            }
-        };
-        let master = FdIo::new(fd).map_err(|e| format!("terminal master: {e}"))?;
-        Ok((spawned, Some(master)))
-    }
-    .await;
-    drop(listener);
-    let _ = std::fs::remove_file(&console);
-    master
 }
 
 /// [`super::proto::Request::ExecStream`].
