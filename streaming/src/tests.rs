@@ -469,3 +469,58 @@ async fn port_forward_over_spdy_and_websocket_tunnel() {
         drop(c);
     }
 }
+
+#[tokio::test]
+async fn spdy_v3_reports_a_failure_as_text_on_the_error_stream() {
+    let srv = server().await;
+    let url = srv
+        .register(Pending::Exec {
+            container_id: "c1".into(),
+            cmd: vec!["cat".into()],
+            opts: Options {
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                tty: false,
+            },
+        })
+        .expect("register");
+    let (head, s, _) = upgrade(
+        &url,
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v3.channel.k8s.io"),
+        ],
+    )
+    .await;
+    assert!(
+        head.contains("X-Stream-Protocol-Version: v3.channel.k8s.io"),
+        "{head}"
+    );
+    let mut c = spdy::Connection::new(s, spdy::Role::Client);
+    let mut error = c
+        .open(h(&[("streamType", "error")]), false)
+        .await
+        .expect("open");
+    let stdin = c
+        .open(h(&[("streamType", "stdin")]), false)
+        .await
+        .expect("open");
+    let mut stdout = c
+        .open(h(&[("streamType", "stdout")]), false)
+        .await
+        .expect("open");
+    stdin
+        .writer
+        .write(Bytes::from_static(b"xy"))
+        .await
+        .expect("write");
+    stdin.writer.close().await.expect("close");
+    assert_eq!(read_all(&mut stdout.reader).await, "cat tty=false\nxy");
+    // before v4 the error stream carries plain text, not a metav1.Status
+    assert_eq!(
+        read_all(&mut error.reader).await,
+        "command terminated with non-zero exit code: 2"
+    );
+}

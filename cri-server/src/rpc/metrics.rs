@@ -1,7 +1,8 @@
 //! `ListMetricDescriptors`, `ListPodSandboxMetrics` and `StreamPodSandboxMetrics`: the cAdvisor
 //! metric names kubelet serves on `/metrics/cadvisor` when it takes pod and container stats from
 //! the runtime, built from the same cgroup, writable-layer and netns counters as the stats RPCs.
-//! Label values follow the keys of each descriptor, in order.
+//! Label values follow the keys of each descriptor, in order. CRI carries integer values, so
+//! `container_cpu_usage_seconds_total` is in whole seconds (truncated).
 
 use unicri_proto::v1;
 

@@ -1,5 +1,7 @@
 //! The keeper protocol: one JSON request line, one JSON response line, per connection, over
-//! `<state>/keeper/keeper.sock`. Every request is idempotent (ids are chosen by the daemon).
+//! `<state>/keeper/keeper.sock`. Every request is idempotent (ids are chosen by the daemon),
+//! except the two streaming sessions (`exec_stream`, `attach`): after their `Ok` line the
+//! connection carries [`frame`]s both ways until the keeper's exit frame (ADR 0006).
 
 use std::path::PathBuf;
 
