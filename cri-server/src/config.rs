@@ -121,7 +121,11 @@ pub struct RuntimeConfig {
 impl Default for Config {
     fn default() -> Self {
         let mut runtimes = BTreeMap::new();
-        for (name, backend) in [("linux", Backend::Linux), ("runc", Backend::Linux)] {
+        for (name, backend) in [
+            ("linux", Backend::Linux),
+            ("runc", Backend::Linux),
+            ("wasm", Backend::Wasm),
+        ] {
             runtimes.insert(name.to_string(), RuntimeConfig { backend });
         }
         Self {

@@ -15,13 +15,14 @@ use unicri_runtime_linux::cgroups::CgroupManager;
 use unicri_runtime_linux::keeper::KeeperClient;
 use unicri_runtime_linux::keeper::KeeperSession;
 use unicri_runtime_linux::keeper::proto::{
-    ContainerInfo, CreateRequest, ExecRequest, ExecResult, ExecStreamRequest, Request,
+    ContainerInfo, CreateRequest, ExecRequest, ExecResult, ExecStreamRequest, Request, Usage,
 };
 use unicri_sandbox::ErrorKind;
 use unicri_sandbox::container::{ContainerSpec, ContainerState};
 use unicri_sandbox::pod::PidMode;
 use unicri_storage::{ContainerRow, Store};
 
+use crate::config::Backend;
 use crate::container_spec;
 use crate::error::CriError;
 use crate::images::Images;
@@ -39,8 +40,17 @@ pub struct ContainerBackendState {
     pub image_ref: String,
     /// Signal number StopContainer sends first.
     pub stop_signal: i32,
-    /// cgroup path (cgroupfs) of the container.
+    /// cgroup path (cgroupfs) of the container (`linux` only).
     pub cgroups_path: String,
+    /// The backend that runs it: `wasm`, or empty for `linux` (rows from before backends).
+    pub backend: String,
+}
+
+impl ContainerBackendState {
+    /// Whether the `wasm` keeper runs this container.
+    pub fn is_wasm(&self) -> bool {
+        self.backend == "wasm"
+    }
 }
 
 /// A stored container with its decoded config and state.
@@ -52,6 +62,8 @@ pub struct StoredContainer {
     pub config: v1::ContainerConfig,
     /// Backend state.
     pub state: ContainerBackendState,
+    /// Resource use as its keeper measured it (`wasm` instances have no cgroup), when running.
+    pub usage: Option<Usage>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
@@ -68,6 +80,8 @@ pub struct Containers {
     images: Arc<Images>,
     pods: Arc<Pods>,
     keeper: KeeperClient,
+    /// The `wasm` node keeper (same protocol, own process).
+    wasm_keeper: KeeperClient,
     dir: PathBuf,
     /// Container names (pod, name, attempt) being created.
     names: crate::reserve::Reservations,
@@ -84,13 +98,14 @@ pub struct Containers {
 }
 
 impl Containers {
-    /// Containers under `<root>/containers`, run by `keeper`.
+    /// Containers under `<root>/containers`, run by `keeper` (`linux`) and `wasm_keeper`.
     pub fn new(
         root: &Path,
         store: Store,
         images: Arc<Images>,
         pods: Arc<Pods>,
         keeper: KeeperClient,
+        wasm_keeper: KeeperClient,
     ) -> Self {
         let (watch_tx, watch_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
@@ -98,6 +113,7 @@ impl Containers {
             images,
             pods,
             keeper,
+            wasm_keeper,
             dir: root.join("containers"),
             names: crate::reserve::Reservations::default(),
             cpu_samples: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -131,7 +147,15 @@ impl Containers {
             while let Some(id) = rx.recv().await {
                 let Some(me) = this.upgrade() else { return };
                 tokio::spawn(async move {
-                    let keeper = me.keeper.clone();
+                    let wasm = match me.store.container(&id).await {
+                        Ok(Some(row)) => Self::decode(row).is_ok_and(|c| c.state.is_wasm()),
+                        _ => false,
+                    };
+                    let keeper = if wasm {
+                        me.wasm_keeper.clone()
+                    } else {
+                        me.keeper.clone()
+                    };
                     // a keeper restart ends the wait early: wait again while it runs
                     loop {
                         match keeper.wait(&id, Duration::ZERO).await {
@@ -183,7 +207,21 @@ impl Containers {
             .map_err(|e| internal(&format!("decode stored config of container {}", row.id), e))?;
         let state: ContainerBackendState = serde_json::from_str(&row.backend_state)
             .map_err(|e| internal(&format!("decode stored state of container {}", row.id), e))?;
-        Ok(StoredContainer { row, config, state })
+        Ok(StoredContainer {
+            row,
+            config,
+            state,
+            usage: None,
+        })
+    }
+
+    /// The keeper that runs a container of this state.
+    fn keeper_of(&self, state: &ContainerBackendState) -> &KeeperClient {
+        if state.is_wasm() {
+            &self.wasm_keeper
+        } else {
+            &self.keeper
+        }
     }
 
     /// The container `id` (full or unique prefix) names, if any, brought up to date.
@@ -212,7 +250,7 @@ impl Containers {
         };
         let mut c = Self::decode(row)?;
         let info = self
-            .keeper
+            .keeper_of(&c.state)
             .state(&c.row.id)
             .await
             .map_err(|e| CriError::from_classified("ask the keeper", &e))?;
@@ -226,15 +264,34 @@ impl Containers {
         if rows.is_empty() {
             return Ok(vec![]);
         }
-        let infos = self
-            .keeper
-            .list()
-            .await
-            .map_err(|e| CriError::from_classified("ask the keeper", &e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut c = Self::decode(row)?;
-            let info = infos.iter().find(|i| i.id == c.row.id);
+        let decoded = rows
+            .into_iter()
+            .map(Self::decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        let infos = if decoded.iter().any(|c| !c.state.is_wasm()) {
+            self.keeper
+                .list()
+                .await
+                .map_err(|e| CriError::from_classified("ask the keeper", &e))?
+        } else {
+            Vec::new()
+        };
+        let wasm_infos = if decoded.iter().any(|c| c.state.is_wasm()) {
+            self.wasm_keeper
+                .list()
+                .await
+                .map_err(|e| CriError::from_classified("ask the wasm keeper", &e))?
+        } else {
+            Vec::new()
+        };
+        let mut out = Vec::with_capacity(decoded.len());
+        for mut c in decoded {
+            let from = if c.state.is_wasm() {
+                &wasm_infos
+            } else {
+                &infos
+            };
+            let info = from.iter().find(|i| i.id == c.row.id);
             self.refresh(&mut c, info).await?;
             out.push(c);
         }
@@ -249,6 +306,7 @@ impl Containers {
     ) -> Result<(), CriError> {
         let before = c.row.clone();
         let state = ContainerState::parse(&c.row.state);
+        c.usage = info.and_then(|i| i.usage);
         match info {
             Some(info) => {
                 if info.started_at > 0 && c.row.started_at == 0 {
@@ -265,6 +323,9 @@ impl Containers {
                     };
                     if c.row.started_at == 0 {
                         c.row.started_at = exit.finished_at;
+                    }
+                    if !exit.message.is_empty() {
+                        c.row.message = exit.message.clone();
                     }
                 } else if info.state == "running" {
                     c.row.state = ContainerState::Running.as_str().into();
@@ -413,13 +474,18 @@ impl Containers {
                 format!("pod sandbox {} has no linux state", pod.row.id),
             )
         })?;
+        let wasm = self.pods.backend_of(&pod.row.handler) == Some(Backend::Wasm);
         let pod_spec = crate::pods::pod_spec(&pod.row.id, &pod.config)?;
         let pod_cgroup = linux_pod
             .cgroup
             .as_ref()
             .map(|c| c.path.clone())
             .unwrap_or_else(|| format!("/unicri/pod-{}", pod.row.id));
-        let cgroups_path = format!("{}/{}", pod_cgroup.trim_end_matches('/'), id);
+        let cgroups_path = if wasm {
+            String::new()
+        } else {
+            format!("{}/{}", pod_cgroup.trim_end_matches('/'), id)
+        };
         let layers = self.images.service().layer_dirs(&image.record);
         let overlay = OverlayRootfs::under(dir);
         let (ov, l) = (overlay.clone(), layers.clone());
@@ -428,50 +494,58 @@ impl Containers {
             .map_err(|e| internal("mount rootfs", e))?
             .map_err(|e| mount_err("mount container rootfs", e))?;
 
-        let pid_ns = self.pid_namespace(pod, spec).await?;
-        let (s, ic, ps, lp, netns, rootfs, cg) = (
-            spec.clone(),
-            image_config.clone(),
-            pod_spec.clone(),
-            linux_pod.clone(),
-            pod.state.netns.clone(),
-            overlay.target.clone(),
-            cgroups_path.clone(),
-        );
-        let bundle = dir.to_path_buf();
-        let built = tokio::task::spawn_blocking(move || {
-            let inputs = unicri_runtime_linux::spec::SpecInputs {
-                container: &s,
-                image: &ic,
-                pod: &ps,
-                pod_state: &lp,
-                netns: netns.as_deref(),
-                rootfs: &rootfs,
-                cgroups_path: cg,
-                pid_ns: pid_ns.as_deref(),
-            };
-            let built = unicri_runtime_linux::spec::build(&inputs)?;
-            built.spec.save(bundle.join("config.json")).map_err(|e| {
-                unicri_runtime_linux::LinuxError::InvalidArgument {
-                    what: "oci spec",
-                    value: bundle.display().to_string(),
-                    reason: e.to_string(),
-                }
-            })?;
-            Ok::<_, unicri_runtime_linux::LinuxError>(built.stop_signal)
-        })
-        .await
-        .map_err(|e| internal("build oci spec", e))?
-        .map_err(|e| CriError::from_classified("build container spec", &e))?;
-
-        let cgroup_dirs = CgroupManager::detect()
-            .map(|m| {
-                m.roots()
-                    .into_iter()
-                    .map(|r| r.join(cgroups_path.trim_start_matches('/')))
-                    .collect::<Vec<_>>()
+        let (stop_signal, keeper, cgroup_dirs) = if wasm {
+            let signal = self
+                .build_wasm(dir, pod, &pod_spec, spec, image_config, &overlay.target)
+                .await?;
+            (signal, &self.wasm_keeper, Vec::new())
+        } else {
+            let pid_ns = self.pid_namespace(pod, spec).await?;
+            let (s, ic, ps, lp, netns, rootfs, cg) = (
+                spec.clone(),
+                image_config.clone(),
+                pod_spec.clone(),
+                linux_pod.clone(),
+                pod.state.netns.clone(),
+                overlay.target.clone(),
+                cgroups_path.clone(),
+            );
+            let bundle = dir.to_path_buf();
+            let signal = tokio::task::spawn_blocking(move || {
+                let inputs = unicri_runtime_linux::spec::SpecInputs {
+                    container: &s,
+                    image: &ic,
+                    pod: &ps,
+                    pod_state: &lp,
+                    netns: netns.as_deref(),
+                    rootfs: &rootfs,
+                    cgroups_path: cg,
+                    pid_ns: pid_ns.as_deref(),
+                };
+                let built = unicri_runtime_linux::spec::build(&inputs)?;
+                built.spec.save(bundle.join("config.json")).map_err(|e| {
+                    unicri_runtime_linux::LinuxError::InvalidArgument {
+                        what: "oci spec",
+                        value: bundle.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok::<_, unicri_runtime_linux::LinuxError>(built.stop_signal)
             })
-            .unwrap_or_default();
+            .await
+            .map_err(|e| internal("build oci spec", e))?
+            .map_err(|e| CriError::from_classified("build container spec", &e))?;
+            let cgroup_dirs = CgroupManager::detect()
+                .map(|m| {
+                    m.roots()
+                        .into_iter()
+                        .map(|r| r.join(cgroups_path.trim_start_matches('/')))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            (signal, &self.keeper, cgroup_dirs)
+        };
+
         let state = ContainerBackendState {
             dir: dir.to_path_buf(),
             spec: spec.clone(),
@@ -481,11 +555,11 @@ impl Containers {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| image.row.id.clone()),
-            stop_signal: built,
+            stop_signal,
             cgroups_path: cgroups_path.clone(),
+            backend: if wasm { "wasm".into() } else { String::new() },
         };
-        let info = self
-            .keeper
+        let info = keeper
             .create(CreateRequest {
                 id: id.to_string(),
                 bundle: dir.to_path_buf(),
@@ -523,6 +597,68 @@ impl Containers {
             ));
         }
         Ok(())
+    }
+
+    /// The `wasm` part of CreateContainer: the spec (refusing non-WebAssembly images), file
+    /// mounts bound into the rootfs, `wasm.json` in the bundle. Returns the stop signal.
+    async fn build_wasm(
+        &self,
+        dir: &Path,
+        pod: &StoredPod,
+        pod_spec: &unicri_sandbox::pod::PodSpec,
+        spec: &ContainerSpec,
+        image_config: &unicri_sandbox::container::ImageConfig,
+        rootfs: &Path,
+    ) -> Result<i32, CriError> {
+        let (s, ic, netns, root, bundle) = (
+            spec.clone(),
+            image_config.clone(),
+            pod.state.netns.clone(),
+            rootfs.to_path_buf(),
+            dir.to_path_buf(),
+        );
+        let hostname = if pod_spec.hostname.is_empty() {
+            pod_spec.name.clone()
+        } else {
+            pod_spec.hostname.clone()
+        };
+        tokio::task::spawn_blocking(move || {
+            let inputs = unicri_runtime_wasm::spec::SpecInputs {
+                container: &s,
+                image: &ic,
+                hostname: &hostname,
+                rootfs: &root,
+                netns: netns.as_deref(),
+            };
+            let built = unicri_runtime_wasm::spec::build(&inputs)
+                .map_err(|e| CriError::from_classified("build WebAssembly container spec", &e))?;
+            for m in &built.file_mounts {
+                no_symlinks_below(&root, &m.target)?;
+                bind_file(m).map_err(|e| {
+                    CriError::new(
+                        ErrorKind::Internal,
+                        format!("bind {} onto {}: {e}", m.host.display(), m.target.display()),
+                    )
+                })?;
+            }
+            let json = serde_json::to_vec_pretty(&built.spec)
+                .map_err(|e| internal("encode wasm spec", e))?;
+            std::fs::write(bundle.join(unicri_runtime_wasm::spec::SPEC_FILE), json)
+                .map_err(|e| internal("write wasm spec", e))?;
+            let stop = if s.stop_signal.is_empty() {
+                ic.stop_signal.clone()
+            } else {
+                s.stop_signal.clone()
+            };
+            if stop.is_empty() {
+                Ok(15)
+            } else {
+                unicri_runtime_linux::spec::parse_signal(&stop)
+                    .map_err(|e| CriError::from_classified("stop signal", &e))
+            }
+        })
+        .await
+        .map_err(|e| internal("build wasm spec", e))?
     }
 
     /// The PID namespace a container joins: the pod init's (POD) or the target container's
@@ -567,12 +703,15 @@ impl Containers {
         }
     }
 
-    /// Removes the keeper's container and the container directory. Idempotent.
+    /// Removes the keepers' container and the container directory. Idempotent. Both keepers are
+    /// asked (a keeper that does not run holds nothing and is not started for this).
     async fn destroy(&self, id: &str, dir: &Path) -> Result<(), CriError> {
-        self.keeper
-            .delete(id)
-            .await
-            .map_err(|e| CriError::from_classified("delete container", &e))?;
+        for keeper in [&self.keeper, &self.wasm_keeper] {
+            keeper
+                .delete(id)
+                .await
+                .map_err(|e| CriError::from_classified("delete container", &e))?;
+        }
         let overlay = OverlayRootfs::under(dir);
         let d = dir.to_path_buf();
         tokio::task::spawn_blocking(move || overlay.remove(&d))
@@ -622,6 +761,20 @@ impl Containers {
                     .map_err(|e| CriError::from_classified("delete orphan", &e))?;
             }
         }
+        let wasm = self
+            .wasm_keeper
+            .list()
+            .await
+            .map_err(|e| CriError::from_classified("ask the wasm keeper", &e))?;
+        for info in wasm {
+            if self.store.container(&info.id).await?.is_none() {
+                tracing::warn!(id = %info.id, "removing a wasm keeper record nothing owns");
+                self.wasm_keeper
+                    .delete(&info.id)
+                    .await
+                    .map_err(|e| CriError::from_classified("delete orphan", &e))?;
+            }
+        }
         Ok(())
     }
 
@@ -665,7 +818,7 @@ impl Containers {
             ));
         }
         let info = self
-            .keeper
+            .keeper_of(&c.state)
             .start(&c.row.id)
             .await
             .map_err(|e| CriError::from_classified("start container", &e))?;
@@ -698,9 +851,21 @@ impl Containers {
         };
         let kerr =
             |e: unicri_runtime_linux::LinuxError| CriError::from_classified("stop container", &e);
-        if timeout > 0 {
+        let keeper = self.keeper_of(&c.state).clone();
+        if timeout > 0 && c.state.is_wasm() {
+            // a module cannot handle a signal: the stop signal ends it at once
+            keeper.kill(&cid, signal, false).await.map_err(kerr)?;
+            if let Some(info) = keeper
+                .wait(&cid, Duration::from_secs(timeout.unsigned_abs()))
+                .await
+                .map_err(kerr)?
+                .filter(|i| i.exit.is_some())
+            {
+                return self.refresh(&mut c, Some(&info)).await;
+            }
+        } else if timeout > 0 {
             let total = Duration::from_secs(timeout.unsigned_abs());
-            self.keeper.kill(&cid, signal, false).await.map_err(kerr)?;
+            keeper.kill(&cid, signal, false).await.map_err(kerr)?;
             // A container stopped right after it started may not have installed its handler
             // yet, and as PID 1 of its namespace it then ignores the signal: within its first
             // seconds it gets the signal once more after a short wait.
@@ -710,18 +875,17 @@ impl Containers {
             } else {
                 total
             };
-            let mut waited = self.keeper.wait(&cid, first).await.map_err(kerr)?;
+            let mut waited = keeper.wait(&cid, first).await.map_err(kerr)?;
             if young && first < total && waited.as_ref().is_some_and(|i| i.exit.is_none()) {
-                self.keeper.kill(&cid, signal, false).await.map_err(kerr)?;
-                waited = self.keeper.wait(&cid, total - first).await.map_err(kerr)?;
+                keeper.kill(&cid, signal, false).await.map_err(kerr)?;
+                waited = keeper.wait(&cid, total - first).await.map_err(kerr)?;
             }
             if let Some(info) = waited.filter(|i| i.exit.is_some()) {
                 return self.refresh(&mut c, Some(&info)).await;
             }
         }
-        self.keeper.kill(&cid, 9, true).await.map_err(kerr)?;
-        let info = self
-            .keeper
+        keeper.kill(&cid, 9, true).await.map_err(kerr)?;
+        let info = keeper
             .wait(&cid, Duration::from_secs(10))
             .await
             .map_err(kerr)?;
@@ -820,9 +984,27 @@ impl Containers {
             .map_err(|e| CriError::from_classified("attach to container", &e))
     }
 
-    /// The running container `id` names (ExecSync, Exec, Attach, ReopenContainerLog): its full
-    /// id and whether it was created with stdin.
+    /// The running container `id` names (ExecSync, Exec, Attach): its full id and whether it
+    /// was created with stdin. A WebAssembly container has no process to exec into or attach
+    /// to: FailedPrecondition.
     pub async fn running(&self, id: &str) -> Result<(String, bool), CriError> {
+        let c = self.running_container(id).await?;
+        if c.state.is_wasm() {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "container {} is a WebAssembly instance on the wasm runtime handler: it has \
+                     no shell or processes, so exec and attach are not available (read its \
+                     output with logs)",
+                    c.row.id
+                ),
+            ));
+        }
+        Ok((c.row.id.clone(), c.config.stdin))
+    }
+
+    /// The running container `id` names.
+    async fn running_container(&self, id: &str) -> Result<StoredContainer, CriError> {
         let c = self
             .resolve(id)
             .await?
@@ -833,7 +1015,7 @@ impl Containers {
                 format!("container {} is not running", c.row.id),
             ));
         }
-        Ok((c.row.id.clone(), c.config.stdin))
+        Ok(c)
     }
 
     /// `UpdateContainerResources`: the new limits go to the container's cgroup at once and
@@ -859,6 +1041,12 @@ impl Containers {
                 ),
             ));
         }
+        if c.state.is_wasm() {
+            return Err(CriError::unimplemented(
+                "UpdateContainerResources of a WebAssembly container",
+                "its limits are fixed when it is created",
+            ));
+        }
         let new = container_spec::resources(linux)?;
         let roots = CgroupManager::detect()
             .map(|m| m.roots())
@@ -874,10 +1062,67 @@ impl Containers {
 
     /// `ReopenContainerLog`.
     pub async fn reopen_log(&self, id: &str) -> Result<(), CriError> {
-        let (id, _) = self.running(id).await?;
-        self.keeper
-            .reopen_log(&id)
+        let c = self.running_container(id).await?;
+        self.keeper_of(&c.state)
+            .reopen_log(&c.row.id)
             .await
             .map_err(|e| CriError::from_classified("reopen container log", &e))
     }
+}
+
+/// Bind-mounts a file mount of a WebAssembly container onto its place in the rootfs (made as an
+/// empty file first); read-only by a remount. Undone with the rootfs (a detached unmount of the
+/// overlay takes the mounts below it).
+fn bind_file(m: &unicri_runtime_wasm::spec::FileMount) -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    if let Some(parent) = m.target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if !m.target.exists() {
+        std::fs::File::create(&m.target)?;
+    }
+    mount(
+        Some(&m.host),
+        &m.target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    if m.readonly {
+        mount(
+            None::<&str>,
+            &m.target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
+/// Refuses a mount target whose path inside the rootfs goes through a symlink (an image could
+/// point it anywhere on the node).
+fn no_symlinks_below(root: &Path, target: &Path) -> Result<(), CriError> {
+    let rel = target.strip_prefix(root).map_err(|_| {
+        CriError::invalid(format!(
+            "mount target {} is outside the rootfs",
+            target.display()
+        ))
+    })?;
+    let mut cur = root.to_path_buf();
+    for part in rel.components() {
+        cur.push(part);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(CriError::invalid(format!(
+                    "mount target {} goes through the symlink {} in the image",
+                    target.display(),
+                    cur.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }

@@ -147,9 +147,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("find the unicri binary")?;
     let keeper = unicri_runtime_linux::keeper::KeeperClient::new(
         config.state.join("keeper"),
-        exe,
+        exe.clone(),
         KEEPER_IDLE_EXIT_MS,
     );
+    let wasm_keeper = unicri_runtime_linux::keeper::KeeperClient::new(
+        config.state.join("wasm-keeper"),
+        exe,
+        KEEPER_IDLE_EXIT_MS,
+    )
+    .with_command("wasm-keeper");
     let pods = Arc::new(crate::pods::Pods::new(
         config.clone(),
         store.clone(),
@@ -161,6 +167,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         images.clone(),
         pods.clone(),
         keeper,
+        wasm_keeper,
     ));
     crate::recover::recover(&store, &pods, &containers)
         .await

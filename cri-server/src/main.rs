@@ -242,6 +242,19 @@ enum Command {
         #[arg(long, default_value = "info", env = "UNICRI_LOG")]
         log_level: String,
     },
+    /// Run the `wasm` node keeper (started by the daemon; runs every WebAssembly container as
+    /// one of its threads).
+    WasmKeeper {
+        /// Keeper directory (socket, records, compile cache).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Exit after holding no container for this long (0: never).
+        #[arg(long, default_value_t = 2000)]
+        idle_exit_ms: u64,
+        /// error, warn, info, debug, trace, or a tracing filter.
+        #[arg(long, default_value = "info", env = "UNICRI_LOG")]
+        log_level: String,
+    },
     /// Image subcommands.
     Image {
         #[command(subcommand)]
@@ -293,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_ADDRESS));
     let ch = cli::connect(&socket).await?;
     match cli.command {
-        Command::Daemon { .. } | Command::Keeper { .. } => Ok(()),
+        Command::Daemon { .. } | Command::Keeper { .. } | Command::WasmKeeper { .. } => Ok(()),
         Command::Version => cli::version(ch).await,
         Command::Info => cli::info(ch).await,
         Command::Pull { image, creds } => cli::pull(ch, &image, creds.as_deref()).await,
@@ -379,6 +392,19 @@ fn keeper(dir: PathBuf, idle_exit_ms: u64, log_level: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// The `wasm` keeper: its own small runtime for the socket, a thread per instance.
+fn wasm_keeper(dir: PathBuf, idle_exit_ms: u64, log_level: &str) -> anyhow::Result<()> {
+    init_tracing(log_level, LogFormat::Text);
+    let cfg = unicri_runtime_wasm::keeper::KeeperConfig {
+        dir,
+        idle_exit: (idle_exit_ms > 0).then(|| std::time::Duration::from_millis(idle_exit_ms)),
+    };
+    if !unicri_runtime_wasm::keeper::run(cfg)? {
+        tracing::info!("another wasm keeper owns this directory; exiting");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     memory::limit_malloc_arenas();
     let cli = Cli::parse();
@@ -388,6 +414,11 @@ fn main() -> ExitCode {
             idle_exit_ms,
             log_level,
         } => keeper(dir, idle_exit_ms, &log_level),
+        Command::WasmKeeper {
+            dir,
+            idle_exit_ms,
+            log_level,
+        } => wasm_keeper(dir, idle_exit_ms, &log_level),
         _ => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -317,6 +317,11 @@ impl Pods {
             .collect()
     }
 
+    /// The backend serving pods of `handler`.
+    pub fn backend_of(&self, handler: &str) -> Option<Backend> {
+        self.config.backend_for(handler)
+    }
+
     /// `RunPodSandbox`: returns the new pod's id.
     pub async fn run(
         &self,
@@ -329,11 +334,13 @@ impl Pods {
                     "runtime handler {handler:?} is not configured"
                 )));
             }
-            Some(Backend::Linux) => {}
+            // a wasm pod is a linux pod without processes of its own: the same pinned
+            // namespaces, netns + CNI and pod cgroup; its containers are keeper threads
+            Some(Backend::Linux | Backend::Wasm) => {}
             Some(b) => {
                 return Err(CriError::unimplemented(
                     &format!("RunPodSandbox with a {b:?} handler"),
-                    "arrives with the vm and wasm issues",
+                    "arrives with the vm issue",
                 ));
             }
         }
@@ -410,7 +417,9 @@ impl Pods {
             .map_err(|e| internal("create pod", e))?
             .map_err(|e| CriError::from_classified("create pod sandbox", &e))?;
         state.linux = Some(linux.clone());
-        if spec.namespaces.pid == PidMode::Pod {
+        // a WebAssembly container has no processes to share a PID namespace with
+        let wasm = self.config.backend_for(handler) == Some(Backend::Wasm);
+        if spec.namespaces.pid == PidMode::Pod && !wasm {
             let init = self
                 .keeper
                 .pod_init(&pod_init_id(&spec.id))

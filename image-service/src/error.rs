@@ -41,8 +41,8 @@ pub enum ImageError {
     /// The image (manifest) does not exist on any configured endpoint.
     #[error("resolve {reference}: not found")]
     Resolve { reference: String },
-    /// An index / manifest list had no linux/amd64 entry.
-    #[error("select platform in index {digest}: no linux/amd64 manifest")]
+    /// An index / manifest list had no linux/amd64 entry (nor a wasm one to fall back to).
+    #[error("select platform in index {digest}: no linux/amd64 manifest (nor a wasm/wasi one)")]
     SelectPlatform { digest: String },
     /// A manifest, config or layer used a media type this runtime refuses.
     #[error("unsupported media type {media_type:?} for {what}")]

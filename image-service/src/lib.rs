@@ -9,6 +9,16 @@
 //!   [`ImageRecord::layers`] snapshot dirs.
 //! * `ingest/`: temporary downloads and unpacks; anything here is garbage at start-up.
 //!
+//! WebAssembly OCI artifacts (every layer one of [`WASM_LAYER_MEDIA_TYPES`]; config a wasm
+//! config `application/vnd.wasm.config.v0+json`, an empty config or an image config) are pulled
+//! and imported like images: each wasm layer is digest-checked like any layer, and its snapshot
+//! `fs` dir holds just the module file (named by the layer's `org.opencontainers.image.title`
+//! when safe, else `module.wasm`; diff id = blob digest). The record's
+//! [`ImageRecord::config_json`] is then a synthesized OCI image config whose `Entrypoint` is
+//! `/<module of the first layer>` (see [`manifest::synthesize_wasm_config`]); the id and
+//! [`ImageRecord::config_digest`] stay the real config blob's digest, which stays in the store.
+//! Manifests mixing wasm and tar layers are refused ([`ImageError::UnsupportedMediaType`]).
+//!
 //! Invariants: a file only gets its final name in `blobs/` after its size and digest verified;
 //! a snapshot dir only appears (by rename) after the whole layer unpacked and its diff id
 //! verified; one download per blob digest and one unpack per chain id at a time (singleflight,
@@ -37,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::Credentials;
 pub use error::ImageError;
+pub use manifest::{WASM_LAYER_MEDIA_TYPES, is_wasm_layer};
 pub use reference::Reference;
 
 use crate::auth::CredentialStore;
@@ -110,7 +121,7 @@ pub struct ImageRecord {
     /// `registry/repo@<digest resolved from the reference>` (the index digest if the reference
     /// pointed at an index); `""` for an unnamed import.
     pub repo_digest: String,
-    /// Digest of the linux/amd64 image manifest.
+    /// Digest of the image manifest picked (linux/amd64, or wasm).
     pub manifest_digest: String,
     /// Config digest.
     pub config_digest: String,
@@ -120,7 +131,9 @@ pub struct ImageRecord {
     pub layers: Vec<LayerRecord>,
     /// The config's `User` ("" if none).
     pub user: String,
-    /// Raw image config JSON, verbatim.
+    /// Raw image config JSON, verbatim; for a wasm artifact the synthesized OCI image config of
+    /// [`manifest::synthesize_wasm_config`] (`Entrypoint` `["/<module>"]`, label
+    /// `org.unicri.wasm.artifact` = the layer media type), never the artifact's config blob.
     pub config_json: String,
 }
 
@@ -133,7 +146,7 @@ pub struct LayerRecord {
     pub media_type: String,
     /// Blob size.
     pub size: u64,
-    /// Digest of the uncompressed tar.
+    /// Digest of the uncompressed tar; for a wasm layer the blob digest.
     pub diff_id: String,
     /// OCI chain id (names the snapshot dir).
     pub chain_id: String,
@@ -238,7 +251,8 @@ impl ImageService {
         })
     }
 
-    /// Pulls `reference` (linux/amd64) and returns its record. The work runs in a spawned task:
+    /// Pulls `reference` (linux/amd64, or from an index without it a wasm/wasi entry) and
+    /// returns its record. The work runs in a spawned task:
     /// dropping the returned future does not interrupt it (concurrent pulls share it).
     pub async fn pull(
         &self,

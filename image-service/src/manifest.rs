@@ -30,16 +30,75 @@ pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.ta
 /// Docker uncompressed layer (seen in docker-save derived images).
 pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
+/// The CNCF wasm OCI artifact config (`architecture: "wasm"`, `os: "wasip1"`/`"wasip2"`,
+/// `layerDigests`, optional `component`).
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+/// The OCI empty descriptor media type (blob `{}`), used as the config of artifacts.
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// Wasm layer: the CNCF wasm OCI artifact layer (a module or a component).
+pub const WASM_LAYER: &str = "application/wasm";
+/// Wasm layer: a core module (W3C media type).
+pub const WASM_MODULE_LAYER: &str = "application/vnd.w3c.wasm.module.v1+wasm";
+/// Wasm layer: runwasi's component layer.
+pub const WASM_COMPONENT_LAYER: &str =
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm";
+/// Wasm layer: the older `wasm-to-oci` content layer.
+pub const WASM_CONTENT_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
+/// Every layer media type holding a bare wasm binary (not a tar). Such a layer's snapshot is a
+/// directory holding just the module file (see [`wasm_module_name`]).
+pub const WASM_LAYER_MEDIA_TYPES: [&str; 4] = [
+    WASM_LAYER,
+    WASM_MODULE_LAYER,
+    WASM_COMPONENT_LAYER,
+    WASM_CONTENT_LAYER,
+];
+/// The descriptor annotation naming a layer's file.
+pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
+/// The module's file name when a wasm layer's title is missing or unsafe.
+pub const WASM_MODULE_FALLBACK_NAME: &str = "module.wasm";
+/// The label of a synthesized wasm image config naming the (first) layer's media type.
+pub const WASM_ARTIFACT_LABEL: &str = "org.unicri.wasm.artifact";
+
 /// The `Accept` header for manifest requests.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// Whether a layer media type can be unpacked.
+/// Whether a layer media type is a tar layer this runtime unpacks (wasm layers, which are not
+/// tars, are [`is_wasm_layer`]).
 pub fn layer_supported(mt: &str) -> bool {
     matches!(
         mt,
         OCI_LAYER_TAR | OCI_LAYER_GZIP | OCI_LAYER_ZSTD | DOCKER_LAYER_GZIP | DOCKER_LAYER_TAR
     )
+}
+
+/// Whether a layer media type is a bare wasm binary (one of [`WASM_LAYER_MEDIA_TYPES`]).
+pub fn is_wasm_layer(mt: &str) -> bool {
+    WASM_LAYER_MEDIA_TYPES.contains(&mt)
+}
+
+/// Whether `name` is a safe single file name for a wasm module in a snapshot: non-empty, at
+/// most 255 bytes, no `/` or NUL, and not `.` or `..`.
+pub fn is_safe_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+}
+
+/// The file name of the module a wasm layer unpacks to: the layer's
+/// `org.opencontainers.image.title` annotation when that is a safe file name
+/// ([`is_safe_module_name`]), else [`WASM_MODULE_FALLBACK_NAME`].
+pub fn wasm_module_name(layer: &Descriptor) -> String {
+    layer
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TITLE))
+        .filter(|t| is_safe_module_name(t))
+        .cloned()
+        .unwrap_or_else(|| WASM_MODULE_FALLBACK_NAME.to_string())
 }
 
 /// An OCI content descriptor (the fields we use).
@@ -102,6 +161,14 @@ pub struct Manifest {
     pub config: Descriptor,
     /// Layers, bottom to top.
     pub layers: Vec<Descriptor>,
+}
+
+impl Manifest {
+    /// Whether this is a wasm artifact: at least one layer and every layer a wasm layer
+    /// ([`parse`] refuses manifests mixing wasm and tar layers).
+    pub fn is_wasm_artifact(&self) -> bool {
+        !self.layers.is_empty() && self.layers.iter().all(|l| is_wasm_layer(&l.media_type))
+    }
 }
 
 /// A parsed manifest-ish document.
@@ -175,9 +242,12 @@ pub fn parse(
                     format!("invalid config digest {:?}", m.config.digest),
                 ));
             }
-            if !m.config.media_type.is_empty()
-                && m.config.media_type != OCI_CONFIG
-                && m.config.media_type != DOCKER_CONFIG
+            let cfg_mt = m.config.media_type.as_str();
+            let artifact_config = cfg_mt == WASM_CONFIG || cfg_mt == OCI_EMPTY;
+            if !cfg_mt.is_empty()
+                && cfg_mt != OCI_CONFIG
+                && cfg_mt != DOCKER_CONFIG
+                && !artifact_config
             {
                 return Err(ImageError::UnsupportedMediaType {
                     what: format!("config of manifest {digest}"),
@@ -185,7 +255,7 @@ pub fn parse(
                 });
             }
             for l in &m.layers {
-                if !layer_supported(&l.media_type) {
+                if !layer_supported(&l.media_type) && !is_wasm_layer(&l.media_type) {
                     return Err(ImageError::UnsupportedMediaType {
                         what: format!("layer {} of manifest {digest}", l.digest),
                         media_type: l.media_type.clone(),
@@ -199,6 +269,26 @@ pub fn parse(
                     ));
                 }
             }
+            let first_wasm = m.layers.iter().find(|l| is_wasm_layer(&l.media_type));
+            if let Some(w) = first_wasm
+                && !m.is_wasm_artifact()
+            {
+                return Err(ImageError::UnsupportedMediaType {
+                    what: format!(
+                        "layer {} of manifest {digest} (wasm layers cannot be mixed with tar layers)",
+                        w.digest
+                    ),
+                    media_type: w.media_type.clone(),
+                });
+            }
+            if artifact_config && first_wasm.is_none() {
+                return Err(ImageError::UnsupportedMediaType {
+                    what: format!(
+                        "config of manifest {digest} (an artifact config needs wasm layers)"
+                    ),
+                    media_type: m.config.media_type.clone(),
+                });
+            }
             Ok((Parsed::Manifest(m), mt))
         }
         other => Err(ImageError::UnsupportedMediaType {
@@ -208,17 +298,26 @@ pub fn parse(
     }
 }
 
-/// Picks the linux/amd64 image manifest from an index (variant ignored).
+/// Platform `os` values of wasm entries in an index (with architecture `wasm`).
+pub const WASM_PLATFORM_OS: [&str; 3] = ["wasip1", "wasip2", "wasi"];
+
+/// Picks the linux/amd64 image manifest from an index (variant ignored); without one, the first
+/// wasm entry (architecture `wasm`, os one of [`WASM_PLATFORM_OS`]).
 pub fn select_platform(idx: &Index, index_digest: &str) -> Result<Descriptor, ImageError> {
     let is_manifest = |d: &Descriptor| {
         d.media_type.is_empty() || d.media_type == OCI_MANIFEST || d.media_type == DOCKER_MANIFEST
     };
-    if let Some(d) = idx.manifests.iter().find(|d| {
-        is_manifest(d)
-            && d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-    }) {
+    let find = |want: &dyn Fn(&Platform) -> bool| {
+        idx.manifests
+            .iter()
+            .find(|d| is_manifest(d) && d.platform.as_ref().is_some_and(want))
+    };
+    if let Some(d) = find(&|p| p.os == "linux" && p.architecture == "amd64") {
+        return Ok(d.clone());
+    }
+    if let Some(d) =
+        find(&|p| p.architecture == "wasm" && WASM_PLATFORM_OS.contains(&p.os.as_str()))
+    {
         return Ok(d.clone());
     }
     // Entries without a platform are taken only when no entry declares one.
@@ -284,6 +383,74 @@ pub fn parse_config(data: &[u8], digest: &str) -> Result<ImageConfig, ImageError
     Ok(ImageConfig {
         user: c.config.and_then(|i| i.user).unwrap_or_default(),
         diff_ids: c.rootfs.diff_ids,
+    })
+}
+
+/// The OCI image config stored (as [`crate::ImageRecord::config_json`]) for a wasm artifact, so
+/// the container side finds the module like any image's entrypoint:
+///
+/// ```json
+/// {"architecture": "wasm", "os": "wasip1",
+///  "config": {"Entrypoint": ["/<module>"], "Labels": {"org.unicri.wasm.artifact": "<layer media type>"}},
+///  "rootfs": {"type": "layers", "diff_ids": ["<layer digest>", ...]}}
+/// ```
+///
+/// `os` is the real config's `os` when it has one (`wasip1`/`wasip2` in a wasm config), else
+/// `wasip1`; its `created` and `author` are carried over. When the real config is an OCI/Docker
+/// image config (`config_media_type`), its `config` object (`Env`, `Cmd`, `WorkingDir`, `User`,
+/// `Labels`, ...) is kept, with `Entrypoint` replaced and the label added. `module` is the file
+/// name of the first layer's module; `layer_media_type` that layer's media type; `diff_ids` the
+/// layers' diff ids (their blob digests). `config` must be a JSON object (`{}` for an empty
+/// config).
+pub fn synthesize_wasm_config(
+    config: &[u8],
+    config_media_type: &str,
+    config_digest: &str,
+    module: &str,
+    layer_media_type: &str,
+    diff_ids: &[String],
+) -> Result<String, ImageError> {
+    use serde_json::{Map, Value, json};
+    let real: Value = serde_json::from_slice(config)
+        .map_err(|e| parse_err("config", config_digest, e.to_string()))?;
+    let Value::Object(real) = real else {
+        return Err(parse_err("config", config_digest, "not a json object"));
+    };
+    let image_config = matches!(config_media_type, "" | OCI_CONFIG | DOCKER_CONFIG);
+    let mut inner = match real.get("config") {
+        Some(Value::Object(o)) if image_config => o.clone(),
+        _ => Map::new(),
+    };
+    inner.insert("Entrypoint".into(), json!([format!("/{module}")]));
+    let mut labels = match inner.remove("Labels") {
+        Some(Value::Object(l)) => l,
+        _ => Map::new(),
+    };
+    labels.insert(WASM_ARTIFACT_LABEL.into(), json!(layer_media_type));
+    inner.insert("Labels".into(), Value::Object(labels));
+    let os = match real.get("os") {
+        Some(Value::String(os)) if !os.is_empty() => os.clone(),
+        _ => "wasip1".to_string(),
+    };
+    let mut out = Map::new();
+    out.insert("architecture".into(), json!("wasm"));
+    out.insert("os".into(), json!(os));
+    for key in ["created", "author"] {
+        if let Some(v @ Value::String(_)) = real.get(key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    out.insert("config".into(), Value::Object(inner));
+    out.insert(
+        "rootfs".into(),
+        json!({"type": "layers", "diff_ids": diff_ids}),
+    );
+    serde_json::to_string(&Value::Object(out)).map_err(|e| {
+        parse_err(
+            "config",
+            config_digest,
+            format!("serialize wasm config: {e}"),
+        )
     })
 }
 
@@ -365,6 +532,258 @@ mod tests {
             parse(bad_digest.as_bytes(), None, "d"),
             Err(ImageError::Parse { .. })
         ));
+    }
+
+    fn wasm_manifest(config_mt: &str, layers: &[(&str, Option<&str>)]) -> String {
+        let layers: Vec<serde_json::Value> = layers
+            .iter()
+            .map(|(mt, title)| {
+                let mut d = serde_json::json!({"mediaType": mt, "digest": D2, "size": 9});
+                if let Some(t) = title {
+                    d["annotations"] = serde_json::json!({ANNOTATION_TITLE: t});
+                }
+                d
+            })
+            .collect();
+        serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.wasm.config.v0+json",
+            "config": {"mediaType": config_mt, "digest": D1, "size": 2},
+            "layers": layers,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn wasm_artifacts_parse() {
+        assert_eq!(WASM_LAYER_MEDIA_TYPES.len(), 4);
+        for mt in WASM_LAYER_MEDIA_TYPES {
+            assert!(is_wasm_layer(mt));
+            assert!(!layer_supported(mt));
+            for cfg in [WASM_CONFIG, OCI_EMPTY, OCI_CONFIG, DOCKER_CONFIG, ""] {
+                let m = wasm_manifest(cfg, &[(mt, Some("app.wasm")), (mt, None)]);
+                let (p, _) = parse(m.as_bytes(), None, "d").expect("artifact parses");
+                let Parsed::Manifest(m) = p else {
+                    panic!("not a manifest")
+                };
+                assert!(m.is_wasm_artifact(), "{cfg} {mt}");
+                assert_eq!(wasm_module_name(&m.layers[0]), "app.wasm");
+                assert_eq!(wasm_module_name(&m.layers[1]), WASM_MODULE_FALLBACK_NAME);
+            }
+        }
+        assert!(!is_wasm_layer(OCI_LAYER_GZIP));
+        assert!(!is_wasm_layer("application/wasm+gzip"));
+        let unsupported = |m: String| {
+            let e = parse(m.as_bytes(), None, "d").expect_err("refused");
+            assert!(matches!(e, ImageError::UnsupportedMediaType { .. }), "{e}");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            e.to_string()
+        };
+        // a helm chart is still refused, for its config and for its layer
+        let helm = wasm_manifest(
+            "application/vnd.cncf.helm.config.v1+json",
+            &[("application/vnd.cncf.helm.chart.content.v1.tar+gzip", None)],
+        );
+        assert!(unsupported(helm).contains("helm.config"));
+        let helm_layer = wasm_manifest(
+            OCI_EMPTY,
+            &[("application/vnd.cncf.helm.chart.content.v1.tar+gzip", None)],
+        );
+        assert!(unsupported(helm_layer).contains("helm.chart.content"));
+        // wasm and tar layers mixed
+        let mixed = wasm_manifest(OCI_CONFIG, &[(OCI_LAYER_GZIP, None), (WASM_LAYER, None)]);
+        assert!(unsupported(mixed).contains("cannot be mixed"));
+        // an artifact config without wasm layers
+        let tar_only = wasm_manifest(WASM_CONFIG, &[(OCI_LAYER_GZIP, None)]);
+        assert!(unsupported(tar_only).contains("needs wasm layers"));
+        let empty = wasm_manifest(OCI_EMPTY, &[]);
+        assert!(unsupported(empty).contains("needs wasm layers"));
+        // an image config with no layers is still an (empty) image, not an artifact
+        let (p, _) =
+            parse(wasm_manifest(OCI_CONFIG, &[]).as_bytes(), None, "d").expect("no layers");
+        assert!(matches!(p, Parsed::Manifest(ref m) if !m.is_wasm_artifact()));
+    }
+
+    #[test]
+    fn module_names() {
+        let desc = |title: &str| Descriptor {
+            media_type: WASM_LAYER.into(),
+            digest: D2.into(),
+            size: 1,
+            platform: None,
+            annotations: Some(HashMap::from([(
+                ANNOTATION_TITLE.to_string(),
+                title.into(),
+            )])),
+        };
+        for ok in [
+            "app.wasm",
+            "x",
+            ".hidden",
+            "with space.wasm",
+            "..a",
+            &"a".repeat(255),
+        ] {
+            assert!(is_safe_module_name(ok), "{ok:?}");
+            assert_eq!(wasm_module_name(&desc(ok)), ok);
+        }
+        let long = "a".repeat(256);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/abs.wasm",
+            "../../etc/passwd",
+            "dir/",
+            "nul\0.wasm",
+            long.as_str(),
+        ] {
+            assert!(!is_safe_module_name(bad), "{bad:?}");
+            assert_eq!(wasm_module_name(&desc(bad)), WASM_MODULE_FALLBACK_NAME);
+        }
+        let untitled = Descriptor {
+            annotations: Some(HashMap::from([("other".to_string(), "x".to_string())])),
+            ..desc("x")
+        };
+        assert_eq!(wasm_module_name(&untitled), WASM_MODULE_FALLBACK_NAME);
+        let bare = Descriptor {
+            annotations: None,
+            ..desc("x")
+        };
+        assert_eq!(wasm_module_name(&bare), WASM_MODULE_FALLBACK_NAME);
+    }
+
+    #[test]
+    fn synthesized_wasm_configs() {
+        let diff_ids = vec![D2.to_string(), D1.to_string()];
+        let wasm_cfg = format!(
+            r#"{{"created":"2024-01-02T03:04:05Z","author":"me","architecture":"wasm","os":"wasip2",
+            "layerDigests":["{D2}","{D1}"],"component":{{"exports":["wasi:cli/run@0.2.0"]}}}}"#
+        );
+        let json = synthesize_wasm_config(
+            wasm_cfg.as_bytes(),
+            WASM_CONFIG,
+            "d",
+            "app.wasm",
+            WASM_LAYER,
+            &diff_ids,
+        )
+        .expect("synthesize");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "architecture": "wasm", "os": "wasip2",
+                "created": "2024-01-02T03:04:05Z", "author": "me",
+                "config": {"Entrypoint": ["/app.wasm"],
+                           "Labels": {WASM_ARTIFACT_LABEL: WASM_LAYER}},
+                "rootfs": {"type": "layers", "diff_ids": [D2, D1]},
+            })
+        );
+        // the synthesized config reads back as an image config
+        let p = parse_config(json.as_bytes(), "d").expect("image config");
+        assert_eq!(p.diff_ids, diff_ids);
+        assert_eq!(p.user, "");
+
+        // the empty config: os defaults to wasip1
+        let json = synthesize_wasm_config(
+            b"{}",
+            OCI_EMPTY,
+            "d",
+            WASM_MODULE_FALLBACK_NAME,
+            WASM_COMPONENT_LAYER,
+            &diff_ids[..1],
+        )
+        .expect("synthesize");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "architecture": "wasm", "os": "wasip1",
+                "config": {"Entrypoint": ["/module.wasm"],
+                           "Labels": {WASM_ARTIFACT_LABEL: WASM_COMPONENT_LAYER}},
+                "rootfs": {"type": "layers", "diff_ids": [D2]},
+            })
+        );
+
+        // an image config (runwasi style): its runtime config is kept, the entrypoint replaced
+        let oci_cfg = br#"{"architecture":"wasm","os":"wasip1","config":{"Entrypoint":["_start"],
+            "Cmd":["--flag"],"Env":["A=b"],"User":"1000","Labels":{"k":"v"}},
+            "rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let json = synthesize_wasm_config(
+            oci_cfg,
+            OCI_CONFIG,
+            "d",
+            "m.wasm",
+            WASM_MODULE_LAYER,
+            &diff_ids[..1],
+        )
+        .expect("synthesize");
+        let p = parse_config(json.as_bytes(), "d").expect("image config");
+        assert_eq!(p.user, "1000");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(
+            v["config"],
+            serde_json::json!({"Entrypoint": ["/m.wasm"], "Cmd": ["--flag"], "Env": ["A=b"],
+                "User": "1000", "Labels": {"k": "v", WASM_ARTIFACT_LABEL: WASM_MODULE_LAYER}})
+        );
+        assert_eq!(v["rootfs"]["diff_ids"], serde_json::json!([D2]));
+        // a wasm config's stray `config` object is not taken as a runtime config
+        let json = synthesize_wasm_config(
+            br#"{"config":{"User":"0","Entrypoint":["/bin/sh"]}}"#,
+            WASM_CONFIG,
+            "d",
+            "m.wasm",
+            WASM_LAYER,
+            &diff_ids[..1],
+        )
+        .expect("synthesize");
+        assert_eq!(parse_config(json.as_bytes(), "d").expect("parse").user, "");
+        assert!(json.contains(r#""Entrypoint":["/m.wasm"]"#), "{json}");
+
+        for bad in [&b"[]"[..], b"not json", b"\"x\""] {
+            let e = synthesize_wasm_config(bad, WASM_CONFIG, "d", "m", WASM_LAYER, &diff_ids)
+                .expect_err("not an object");
+            assert!(matches!(e, ImageError::Parse { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn index_falls_back_to_wasm() {
+        let entry = |d: &str, os: &str, arch: &str| Descriptor {
+            media_type: OCI_MANIFEST.into(),
+            digest: d.into(),
+            size: 1,
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: None,
+            }),
+            annotations: None,
+        };
+        for os in WASM_PLATFORM_OS {
+            let idx = Index {
+                manifests: vec![entry(D1, "linux", "arm64"), entry(D2, os, "wasm")],
+            };
+            assert_eq!(select_platform(&idx, "i").expect("wasm").digest, D2);
+        }
+        // linux/amd64 wins wherever it is
+        let idx = Index {
+            manifests: vec![entry(D2, "wasip1", "wasm"), entry(D1, "linux", "amd64")],
+        };
+        assert_eq!(select_platform(&idx, "i").expect("amd64").digest, D1);
+        // wasi needs architecture wasm, and wasm needs a wasi os
+        for (os, arch) in [("wasip1", "amd64"), ("linux", "wasm"), ("wasip3", "wasm")] {
+            let idx = Index {
+                manifests: vec![entry(D2, os, arch)],
+            };
+            let e = select_platform(&idx, "i").expect_err("none");
+            assert!(
+                matches!(e, ImageError::SelectPlatform { .. }),
+                "{os}/{arch}"
+            );
+        }
     }
 
     #[test]

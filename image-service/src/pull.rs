@@ -210,22 +210,33 @@ pub(crate) async fn complete(
         .store
         .read(&cfg_desc.digest, limits.max_config_bytes, "config")
         .await?;
-    let cfg = manifest::parse_config(&cfg_bytes, &cfg_desc.digest)?;
-    if cfg.diff_ids.len() != man.layers.len() {
-        return Err(ImageError::Parse {
+    let artifact = man.is_wasm_artifact();
+    // A wasm artifact's layers are bare modules: each diff id is the blob digest, and its config
+    // (wasm, empty or image config) is not checked against them; its record carries a
+    // synthesized image config, built once the snapshots are there.
+    let (diff_ids, image) = if artifact {
+        let diff_ids: Vec<String> = man.layers.iter().map(|l| l.digest.clone()).collect();
+        (diff_ids, None)
+    } else {
+        let cfg = manifest::parse_config(&cfg_bytes, &cfg_desc.digest)?;
+        if cfg.diff_ids.len() != man.layers.len() {
+            return Err(ImageError::Parse {
+                what: format!("config {}", cfg_desc.digest),
+                reason: format!(
+                    "{} diff ids for {} layers",
+                    cfg.diff_ids.len(),
+                    man.layers.len()
+                ),
+            });
+        }
+        let config_json = String::from_utf8(cfg_bytes.clone()).map_err(|_| ImageError::Parse {
             what: format!("config {}", cfg_desc.digest),
-            reason: format!(
-                "{} diff ids for {} layers",
-                cfg.diff_ids.len(),
-                man.layers.len()
-            ),
-        });
-    }
-    let config_json = String::from_utf8(cfg_bytes).map_err(|_| ImageError::Parse {
-        what: format!("config {}", cfg_desc.digest),
-        reason: "not utf-8".into(),
-    })?;
-    let chains = chain_ids(&cfg.diff_ids);
+            reason: "not utf-8".into(),
+        })?;
+        (cfg.diff_ids, Some((cfg.user, config_json)))
+    };
+    let forms: Vec<LayerForm> = man.layers.iter().map(LayerForm::of).collect();
+    let chains = chain_ids(&diff_ids);
 
     // All layer blobs first (in parallel, bounded by the download semaphore) so a bad blob
     // fails the pull before anything is unpacked.
@@ -234,11 +245,13 @@ pub(crate) async fn complete(
     let downloads = man
         .layers
         .iter()
-        .zip(cfg.diff_ids.iter().zip(chains.iter()))
-        .map(|(l, (diff, chain))| {
+        .zip(forms.iter())
+        .zip(diff_ids.iter().zip(chains.iter()))
+        .map(|((l, form), (diff, chain))| {
             let live = LiveTarget {
                 diff_id: diff.clone(),
                 chain: chain.clone(),
+                form: form.clone(),
             };
             ensure_layer_blob(inner, source, &l.digest, l.size, live)
         });
@@ -247,14 +260,20 @@ pub(crate) async fn complete(
     let unpacks = man
         .layers
         .iter()
-        .zip(cfg.diff_ids.iter().zip(chains.iter()))
-        .map(|(l, (diff, chain))| ensure_snapshot(inner, &l.digest, diff, chain));
+        .zip(forms.iter())
+        .zip(diff_ids.iter().zip(chains.iter()))
+        .map(|((l, form), (diff, chain))| ensure_snapshot(inner, &l.digest, diff, chain, form));
     settle_all(unpacks).await?;
+
+    let (user, config_json) = match image {
+        Some(image) => image,
+        None => wasm_config(inner, man, &cfg_bytes, &diff_ids, &chains).await?,
+    };
 
     let layers: Vec<LayerRecord> = man
         .layers
         .iter()
-        .zip(cfg.diff_ids.iter().zip(chains.iter()))
+        .zip(diff_ids.iter().zip(chains.iter()))
         .map(|(l, (diff, chain))| LayerRecord {
             digest: l.digest.clone(),
             media_type: l.media_type.clone(),
@@ -271,9 +290,97 @@ pub(crate) async fn complete(
         config_digest: cfg_desc.digest.clone(),
         size: cfg_desc.size + man.layers.iter().map(|l| l.size).sum::<u64>(),
         layers,
-        user: cfg.user,
+        user,
         config_json,
     })
+}
+
+/// The (user, config JSON) of a wasm artifact's record: the synthesized image config of
+/// [`manifest::synthesize_wasm_config`], its entrypoint the module of the first layer. The
+/// module names are read from the published snapshots (each must hold exactly one file): a
+/// snapshot is shared by chain id, so an image whose layer title differs from the one the
+/// snapshot was first unpacked with gets the snapshot's name, which is what its rootfs holds.
+async fn wasm_config(
+    inner: &Arc<Inner>,
+    man: &Manifest,
+    cfg_bytes: &[u8],
+    diff_ids: &[String],
+    chains: &[String],
+) -> Result<(String, String), ImageError> {
+    let cfg_desc = &man.config;
+    let mut first = None;
+    for (l, chain) in man.layers.iter().zip(chains) {
+        let fs_dir = inner.snapshots.join(hex_of(chain, "chain id")?).join("fs");
+        let d = l.digest.clone();
+        let name =
+            tokio::task::spawn_blocking(move || crate::unpack::wasm_snapshot_module(&fs_dir, &d))
+                .await
+                .map_err(|e| ImageError::Task {
+                    what: format!("read wasm snapshot of layer {}", l.digest),
+                    reason: e.to_string(),
+                })??;
+        first.get_or_insert((name, l.media_type.clone()));
+    }
+    let Some((module, media_type)) = first else {
+        return Err(ImageError::Parse {
+            what: format!("config {}", cfg_desc.digest),
+            reason: "wasm artifact without layers".into(),
+        });
+    };
+    let json = manifest::synthesize_wasm_config(
+        cfg_bytes,
+        &cfg_desc.media_type,
+        &cfg_desc.digest,
+        &module,
+        &media_type,
+        diff_ids,
+    )?;
+    // the same parser as any image config reads it back (and checks the diff ids)
+    let parsed = manifest::parse_config(json.as_bytes(), &cfg_desc.digest)?;
+    Ok((parsed.user, json))
+}
+
+/// How a layer blob becomes a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LayerForm {
+    /// A (possibly compressed) tar, extracted.
+    Tar,
+    /// A bare wasm binary, written as the one file `file_name`.
+    Wasm { file_name: String },
+}
+
+impl LayerForm {
+    fn of(l: &manifest::Descriptor) -> Self {
+        if manifest::is_wasm_layer(&l.media_type) {
+            LayerForm::Wasm {
+                file_name: manifest::wasm_module_name(l),
+            }
+        } else {
+            LayerForm::Tar
+        }
+    }
+
+    /// Blocking: unpacks the layer stream `reader` (as stored: compressed for a tar) into the
+    /// empty dir `dest`, returning the diff id of what it read.
+    fn unpack(
+        &self,
+        reader: impl std::io::Read + 'static,
+        digest: &str,
+        dest: &std::path::Path,
+    ) -> Result<String, ImageError> {
+        match self {
+            LayerForm::Tar => {
+                let r = crate::unpack::decompressed(reader).map_err(|e| ImageError::Unpack {
+                    digest: digest.to_string(),
+                    reason: format!("open layer stream: {e}"),
+                })?;
+                crate::unpack::unpack_stream(r, digest, dest)
+            }
+            LayerForm::Wasm { file_name } => {
+                crate::unpack::unpack_wasm_stream(reader, digest, dest, file_name)
+            }
+        }
+    }
 }
 
 /// Runs every future to completion and then returns the first error, if any. Unlike
@@ -291,6 +398,7 @@ where
 struct LiveTarget {
     diff_id: String,
     chain: String,
+    form: LayerForm,
 }
 
 async fn ensure_layer_blob(
@@ -344,21 +452,18 @@ type LiveUnpack = tokio::task::JoinHandle<Result<(tempfile::TempDir, String), Im
 fn start_live_unpack(
     inner: &Arc<Inner>,
     digest: &str,
+    form: LayerForm,
 ) -> (tokio::sync::mpsc::Sender<Bytes>, LiveUnpack) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let ingest = inner.store.ingest_dir().to_path_buf();
     let d = digest.to_string();
     let handle = tokio::task::spawn_blocking(move || {
         let td = new_unpack_dir(&ingest)?;
-        let reader = crate::unpack::decompressed(ChannelReader {
+        let reader = ChannelReader {
             rx,
             cur: Bytes::new(),
-        })
-        .map_err(|e| ImageError::Unpack {
-            digest: d.clone(),
-            reason: format!("open layer stream: {e}"),
-        })?;
-        let diff_id = crate::unpack::unpack_stream(reader, &d, &td.path().join("fs"))?;
+        };
+        let diff_id = form.unpack(reader, &d, &td.path().join("fs"))?;
         Ok((td, diff_id))
     });
     (tx, handle)
@@ -450,7 +555,7 @@ async fn ensure_blob_inner(
             let Some((target, final_dir)) = live else {
                 return inner2.store.write_stream(&spec, stream, progress).await;
             };
-            let (tx, unpack) = start_live_unpack(&inner2, &d);
+            let (tx, unpack) = start_live_unpack(&inner2, &d, target.form.clone());
             let teed = Arc::new(AtomicU64::new(0));
             let teed2 = Arc::clone(&teed);
             let tee = futures::StreamExt::then(stream, move |item| {
@@ -505,18 +610,24 @@ async fn ensure_blob_inner(
 }
 
 /// Makes sure the snapshot for `chain` exists, unpacking layer `digest` at most once at a time.
-pub(crate) async fn ensure_snapshot(
+async fn ensure_snapshot(
     inner: &Arc<Inner>,
     digest: &str,
     diff_id: &str,
     chain: &str,
+    form: &LayerForm,
 ) -> Result<(), ImageError> {
     let hex = hex_of(chain, "chain id")?.to_string();
     let final_dir = inner.snapshots.join(&hex);
     if tokio::fs::symlink_metadata(&final_dir).await.is_ok() {
         return Ok(());
     }
-    let (inner2, d, diff) = (Arc::clone(inner), digest.to_string(), diff_id.to_string());
+    let (inner2, d, diff, form) = (
+        Arc::clone(inner),
+        digest.to_string(),
+        diff_id.to_string(),
+        form.clone(),
+    );
     inner
         .snapshot_flights
         .run(chain, async move {
@@ -531,7 +642,7 @@ pub(crate) async fn ensure_snapshot(
             let ingest = inner2.store.ingest_dir().to_path_buf();
             let d2 = d.clone();
             tokio::task::spawn_blocking(move || {
-                unpack_to_snapshot(&blob, &d2, &diff, &ingest, &final_dir)
+                unpack_to_snapshot(&blob, &d2, &diff, &form, &ingest, &final_dir)
             })
             .await
             .map_err(|e| ImageError::Task {
@@ -546,6 +657,7 @@ fn unpack_to_snapshot(
     blob: &std::path::Path,
     digest: &str,
     diff_id: &str,
+    form: &LayerForm,
     ingest: &std::path::Path,
     final_dir: &std::path::Path,
 ) -> Result<(), ImageError> {
@@ -555,7 +667,12 @@ fn unpack_to_snapshot(
     let td = new_unpack_dir(ingest)?;
     let fs_dir: PathBuf = td.path().join("fs");
     let started = std::time::Instant::now();
-    let actual = crate::unpack::unpack_layer(blob, digest, &fs_dir)?;
+    let actual = match form {
+        LayerForm::Tar => crate::unpack::unpack_layer(blob, digest, &fs_dir)?,
+        LayerForm::Wasm { file_name } => {
+            crate::unpack::unpack_wasm_layer(blob, digest, &fs_dir, file_name)?
+        }
+    };
     if actual != diff_id {
         return Err(ImageError::DiffIdMismatch {
             digest: digest.to_string(),

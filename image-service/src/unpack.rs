@@ -1,5 +1,6 @@
 //! Layer unpack (blocking): decompress, hash the tar stream for the diff id, and extract into an
-//! empty directory with overlayfs-native whiteouts.
+//! empty directory with overlayfs-native whiteouts. A wasm layer (not a tar) "unpacks" to a
+//! directory holding just the module file ([`unpack_wasm_stream`]).
 //!
 //! Invariants (each has a test in `tests/hostile.rs`):
 //! * nothing is written outside `dest`: entry paths are cleaned lexically and may not be absolute
@@ -589,6 +590,91 @@ pub fn unpack_stream(reader: impl Read, digest: &str, dest: &Path) -> Result<Str
         reason: format!("read layer stream: {e}"),
     })?;
     Ok(diff_id)
+}
+
+/// Unpacks the wasm layer blob at `blob` (a bare module, not a tar) into the empty directory
+/// `dest` as the single file `file_name`; see [`unpack_wasm_stream`].
+pub fn unpack_wasm_layer(
+    blob: &Path,
+    digest: &str,
+    dest: &Path,
+    file_name: &str,
+) -> Result<String, ImageError> {
+    let f = fs::File::open(blob).map_err(|e| ImageError::Unpack {
+        digest: digest.to_string(),
+        reason: format!("open {}: {e}", blob.display()),
+    })?;
+    unpack_wasm_stream(f, digest, dest, file_name)
+}
+
+/// Writes a wasm layer stream (the module itself, uncompressed) into the empty directory `dest`
+/// as the single file `file_name` (mode 0644), returning the sha256 of the stream: a wasm
+/// layer's diff id is its blob digest. `file_name` must be a safe single file name
+/// ([`crate::manifest::is_safe_module_name`]); the file is created new, never through a link.
+pub fn unpack_wasm_stream(
+    reader: impl Read,
+    digest: &str,
+    dest: &Path,
+    file_name: &str,
+) -> Result<String, ImageError> {
+    if !crate::manifest::is_safe_module_name(file_name) {
+        return Err(ImageError::Unpack {
+            digest: digest.to_string(),
+            reason: format!("module file name {file_name:?} is not a safe file name"),
+        });
+    }
+    let path = dest.join(file_name);
+    let io_err = |op: &'static str, e| ImageError::io(op, &path, e);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| io_err("create", e))?;
+    let mut hashing = HashingReader::new(reader);
+    io::copy(&mut hashing, &mut f).map_err(|e| ImageError::Unpack {
+        digest: digest.to_string(),
+        reason: format!("write module {}: {e}", path.display()),
+    })?;
+    // the umask may have narrowed the mode at create
+    f.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(|e| io_err("chmod", e))?;
+    let (diff_id, _) = hashing.finish().map_err(|e| ImageError::Unpack {
+        digest: digest.to_string(),
+        reason: format!("read layer stream: {e}"),
+    })?;
+    Ok(diff_id)
+}
+
+/// The module file name in the published snapshot `fs_dir` of a wasm layer: the snapshot must
+/// hold exactly one entry, a regular file with a UTF-8 name. A snapshot is shared by chain id,
+/// so this is the name the first unpack of that layer gave it (its title then).
+pub fn wasm_snapshot_module(fs_dir: &Path, digest: &str) -> Result<String, ImageError> {
+    let not_wasm = |why: &str| ImageError::Unpack {
+        digest: digest.to_string(),
+        reason: format!(
+            "snapshot {} is not a wasm module snapshot: {why}",
+            fs_dir.display()
+        ),
+    };
+    let mut names = Vec::new();
+    for ent in fs::read_dir(fs_dir).map_err(|e| ImageError::io("read dir", fs_dir, e))? {
+        let ent = ent.map_err(|e| ImageError::io("read dir", fs_dir, e))?;
+        names.push(ent.file_name());
+    }
+    let [name] = names.as_slice() else {
+        return Err(not_wasm(&format!("{} entries, expected 1", names.len())));
+    };
+    let path = fs_dir.join(name);
+    let meta = fs::symlink_metadata(&path).map_err(|e| ImageError::io("stat", &path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(not_wasm("its entry is not a regular file"));
+    }
+    name.to_str()
+        .filter(|n| crate::manifest::is_safe_module_name(n))
+        .map(str::to_string)
+        .ok_or_else(|| not_wasm("its file name is not a safe utf-8 name"))
 }
 
 /// Whether `p` (below `root`) is still a directory reached through real directories only.
@@ -1541,5 +1627,53 @@ mod tests {
             Path::new(&long_target())
         );
         assert!(r.join("z").is_dir());
+    }
+
+    #[test]
+    fn wasm_module_snapshot() {
+        let module = b"\0asm\x01\0\0\0 module bytes".to_vec();
+        let d = tempfile::tempdir().expect("tempdir");
+        let blob = d.path().join("blob");
+        fs::write(&blob, &module).expect("blob");
+        let fs_dir = d.path().join("fs");
+        fs::create_dir(&fs_dir).expect("mkdir");
+        let diff = unpack_wasm_layer(&blob, "sha256:w", &fs_dir, "app.wasm").expect("unpack");
+        assert_eq!(diff, crate::digest::sha256_digest(&module));
+        let f = fs_dir.join("app.wasm");
+        assert_eq!(fs::read(&f).expect("module"), module);
+        let meta = fs::symlink_metadata(&f).expect("stat");
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.mode() & 0o7777, 0o644);
+        assert_eq!(
+            wasm_snapshot_module(&fs_dir, "sha256:w").expect("one module"),
+            "app.wasm"
+        );
+
+        // an unsafe name is refused before anything is written
+        let empty = d.path().join("empty");
+        fs::create_dir(&empty).expect("mkdir");
+        for bad in ["", ".", "..", "../x", "a/b", "/abs"] {
+            let e = unpack_wasm_stream(&module[..], "sha256:w", &empty, bad).expect_err(bad);
+            assert!(matches!(e, ImageError::Unpack { .. }), "{e}");
+        }
+        assert!(fs::read_dir(&empty).expect("ls").next().is_none());
+        // never written through an existing entry or link
+        let outside = d.path().join("outside");
+        std::os::unix::fs::symlink(&outside, empty.join("m.wasm")).expect("symlink");
+        assert!(unpack_wasm_stream(&module[..], "sha256:w", &empty, "m.wasm").is_err());
+        assert!(!outside.exists());
+
+        // a snapshot that is not one regular file is not a wasm snapshot
+        let e = wasm_snapshot_module(&empty, "sha256:w").expect_err("a symlink");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        fs::remove_file(empty.join("m.wasm")).expect("rm");
+        let e = wasm_snapshot_module(&empty, "sha256:w").expect_err("empty");
+        assert!(e.to_string().contains("0 entries"), "{e}");
+        fs::write(fs_dir.join("second"), b"x").expect("write");
+        let e = wasm_snapshot_module(&fs_dir, "sha256:w").expect_err("two files");
+        assert!(e.to_string().contains("2 entries"), "{e}");
+        let dir_only = d.path().join("dir-only");
+        fs::create_dir_all(dir_only.join("sub")).expect("mkdir");
+        assert!(wasm_snapshot_module(&dir_only, "sha256:w").is_err());
     }
 }

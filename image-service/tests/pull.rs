@@ -762,3 +762,38 @@ async fn real_registry_pull() {
         .expect_err("missing tag");
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 }
+
+#[tokio::test]
+async fn real_registry_pull_wasm_artifact() {
+    let Some(reg) = real_registry().await else {
+        return;
+    };
+    let module = b"\0asm\x01\0\0\0 real registry module";
+    let layers = [WasmLayer {
+        module,
+        media_type: WASM_LAYER,
+        title: Some("real.wasm"),
+    }];
+    let img = wasm_artifact(wasm_config("wasip2", &[digest(module)]), &layers);
+    push(&reg.host, "e2e/wasm", "v1", &img).await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = ImageService::new(ImageServiceConfig::new(dir.path().join("images")))
+        .await
+        .unwrap();
+    let rec = svc
+        .pull(&format!("{}/e2e/wasm:v1", reg.host), None, None)
+        .await
+        .unwrap();
+    assert_eq!(rec.id, img.config_digest);
+    assert_eq!(rec.manifest_digest, img.manifest_digest);
+    assert_eq!(rec.layers[0].diff_id, digest(module));
+    let dirs = svc.layer_dirs(&rec);
+    assert_eq!(entries(&dirs[0]), ["real.wasm"]);
+    assert_eq!(std::fs::read(dirs[0].join("real.wasm")).unwrap(), module);
+    let cfg: serde_json::Value = serde_json::from_str(&rec.config_json).unwrap();
+    assert_eq!(
+        cfg["config"]["Entrypoint"],
+        serde_json::json!(["/real.wasm"])
+    );
+    assert_eq!(cfg["os"], "wasip2");
+}

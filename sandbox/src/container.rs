@@ -242,6 +242,9 @@ pub struct ExitStatus {
     pub oom_killed: bool,
     /// When it ended, Unix nanoseconds.
     pub finished_at: i64,
+    /// What the backend knows about why it ended (a WebAssembly trap message, say); CRI's
+    /// `message`. Empty for a plain exit.
+    pub message: String,
 }
 
 impl ExitStatus {
@@ -281,6 +284,7 @@ mod tests {
             signal: Some(9),
             oom_killed: true,
             finished_at: 1,
+            message: String::new(),
         };
         assert_eq!(e.reason(), "OOMKilled");
         e.oom_killed = false;

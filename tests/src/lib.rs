@@ -10,6 +10,8 @@
 //! - [`leaks`]: what must be gone after a daemon stops (processes, mounts, ingest files).
 //! - [`cni`]: a bridge + host-local + portmap CNI network for pods.
 //! - [`fixtures`]: a daemon with a busybox image on a CNI network, skip checks, container status.
+//! - [`wasm`]: WASI test modules (WAT) and a WASI 0.2 component, in compat-image and wasm OCI
+//!   artifact form, pushed to the test registry for the `wasm` runtime handler.
 
 pub mod cni;
 pub mod daemon;
@@ -17,6 +19,7 @@ pub mod fixtures;
 pub mod leaks;
 pub mod oci;
 pub mod registry;
+pub mod wasm;
 
 /// Returns `true` (and prints a loud `SKIP` line) when the tests cannot run on this machine
 /// because Debian's `docker-registry` is not installed.

@@ -781,6 +781,71 @@ impl Artifact {
 }
 
 // ---------------------------------------------------------------------------------------------
+// WebAssembly OCI artifacts
+// ---------------------------------------------------------------------------------------------
+
+/// Config media type of the CNCF wasm OCI artifact.
+pub const WASM_ARTIFACT_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+/// Layer media types of a bare wasm binary that unicri accepts.
+pub const WASM_ARTIFACT_LAYERS: [&str; 4] = [
+    "application/wasm",
+    "application/vnd.w3c.wasm.module.v1+wasm",
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+];
+
+/// A wasm OCI artifact as an [`Image`], ready for [`Pusher::push_image`], [`Index::new`] or
+/// [`Image::write_oci_layout`]: config `application/vnd.wasm.config.v0+json`
+/// (`{"created", "architecture": "wasm", "os": "wasip1", "layerDigests"}`), one layer of
+/// `layer_media_type` holding `module` as is (annotated `org.opencontainers.image.title` when
+/// `title` is given), an OCI manifest with `artifactType` set to the config media type. The
+/// image's platform is wasm/wasip1.
+///
+/// The one [`Layer`] has `tar == blob == module` and `diff_id == digest` (what unicri records
+/// for a wasm layer); its [`Layer::media_type`] and the media types of [`Image::blobs`] are the
+/// tar ones, which only name blobs on push — the manifest carries `layer_media_type`. Not for
+/// [`Image::write_docker_save`].
+pub fn wasm_artifact(module: &[u8], layer_media_type: &str, title: Option<&str>) -> Result<Image> {
+    let layer = Layer {
+        tar: module.to_vec(),
+        blob: module.to_vec(),
+        compression: Compression::None,
+        diff_id: sha256_digest(module),
+        digest: sha256_digest(module),
+    };
+    let (os, architecture) = ("wasip1", "wasm");
+    let config = json!({
+        "created": "2020-09-13T12:26:40Z",
+        "architecture": architecture,
+        "os": os,
+        "layerDigests": [layer.digest],
+    });
+    let config = Blob::new(WASM_ARTIFACT_CONFIG, serde_json::to_vec(&config)?);
+    let mut layer_desc =
+        json!({"mediaType": layer_media_type, "digest": layer.digest, "size": module.len()});
+    if let Some(t) = title {
+        layer_desc["annotations"] = json!({"org.opencontainers.image.title": t});
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": WASM_ARTIFACT_CONFIG,
+        "config": config.descriptor(),
+        "layers": [layer_desc],
+    });
+    let manifest = Blob::new(OCI_MANIFEST, serde_json::to_vec(&manifest)?);
+    Ok(Image {
+        config,
+        manifest,
+        layers: vec![layer],
+        format: ManifestFormat::Oci,
+        os: os.into(),
+        architecture: architecture.into(),
+        variant: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pushing to a registry (plain HTTP or HTTPS, monolithic uploads)
 // ---------------------------------------------------------------------------------------------
 
@@ -1257,4 +1322,39 @@ pub fn busybox_rootfs(extra_host_binaries: &[&str]) -> Result<RootfsBuilder> {
 /// A layer with a busybox rootfs (see [`busybox_rootfs`]).
 pub fn busybox_layer() -> Result<LayerBuilder> {
     Ok(busybox_rootfs(&[])?.into_layer())
+}
+
+#[cfg(test)]
+mod wasm_artifact_tests {
+    use super::*;
+
+    #[test]
+    fn wasm_artifact_shape() -> Result<()> {
+        let module = b"\0asm\x01\0\0\0";
+        let img = wasm_artifact(module, WASM_ARTIFACT_LAYERS[0], Some("app.wasm"))?;
+        let m: Value = serde_json::from_slice(&img.manifest.data)?;
+        assert_eq!(m["artifactType"], WASM_ARTIFACT_CONFIG);
+        assert_eq!(m["config"]["mediaType"], WASM_ARTIFACT_CONFIG);
+        assert_eq!(m["config"]["digest"], img.id());
+        let l = &m["layers"][0];
+        assert_eq!(l["mediaType"], "application/wasm");
+        assert_eq!(l["digest"], sha256_digest(module));
+        assert_eq!(l["size"], module.len());
+        assert_eq!(
+            l["annotations"]["org.opencontainers.image.title"],
+            "app.wasm"
+        );
+        let c: Value = serde_json::from_slice(&img.config.data)?;
+        assert_eq!(c["os"], "wasip1");
+        assert_eq!(c["architecture"], "wasm");
+        assert_eq!(c["layerDigests"], json!([sha256_digest(module)]));
+        assert_eq!(img.chain_ids(), [sha256_digest(module)]);
+        assert_eq!(img.size(), (module.len() + img.config.data.len()) as u64);
+        let digests: Vec<String> = img.blobs().into_iter().map(|b| b.digest).collect();
+        assert_eq!(digests, [sha256_digest(module), img.config.digest.clone()]);
+        let untitled = wasm_artifact(module, WASM_ARTIFACT_LAYERS[2], None)?;
+        let m: Value = serde_json::from_slice(&untitled.manifest.data)?;
+        assert!(m["layers"][0].get("annotations").is_none());
+        Ok(())
+    }
 }

@@ -21,6 +21,11 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         "unicri-runtime-linux",
         BTreeSet::from(["unicri-sandbox", "unicri-mounts"]),
     );
+    // the wasm keeper speaks the linux keeper's protocol and reuses its client and log writer
+    m.insert(
+        "unicri-runtime-wasm",
+        BTreeSet::from(["unicri-sandbox", "unicri-runtime-linux"]),
+    );
     m.insert(
         "unicri-cri-server",
         BTreeSet::from([
@@ -30,6 +35,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "unicri-image",
             "unicri-network-cni",
             "unicri-runtime-linux",
+            "unicri-runtime-wasm",
             "unicri-mounts",
             "unicri-streaming",
         ]),

@@ -65,10 +65,45 @@ pub(crate) fn cgroup_usage(
     (cpu, memory, s)
 }
 
+/// CPU and memory of a container its keeper measures (a `wasm` instance: the CPU time of its
+/// thread; its linear memories as working set).
+pub(crate) fn keeper_usage(
+    cri: &Cri,
+    id: &str,
+    usage: &unicri_runtime_linux::keeper::proto::Usage,
+) -> (v1::CpuUsage, v1::MemoryUsage) {
+    let now = now_nanos();
+    let cpu = v1::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: u(Some(usage.cpu_ns)),
+        usage_nano_cores: u(cri.containers.nano_cores(id, now, usage.cpu_ns)),
+        psi: None,
+    };
+    let available = (usage.memory_limit_bytes > 0)
+        .then(|| usage.memory_limit_bytes.saturating_sub(usage.memory_bytes));
+    let memory = v1::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: u(Some(usage.memory_bytes)),
+        available_bytes: u(available),
+        usage_bytes: u(Some(usage.memory_bytes)),
+        rss_bytes: u(Some(usage.memory_bytes)),
+        page_faults: u(None),
+        major_page_faults: u(None),
+        psi: None,
+    };
+    (cpu, memory)
+}
+
 /// The CRI stats of a container.
 pub(crate) fn stats_of(cri: &Cri, c: &StoredContainer) -> v1::ContainerStats {
     let running = ContainerState::parse(&c.row.state) == ContainerState::Running;
-    let (cpu, memory, _) = cgroup_usage(cri, &c.state.cgroups_path, running);
+    let (cpu, memory) = match (&c.usage, c.state.is_wasm()) {
+        (Some(usage), true) => keeper_usage(cri, &c.row.id, usage),
+        _ => {
+            let (cpu, memory, _) = cgroup_usage(cri, &c.state.cgroups_path, running);
+            (cpu, memory)
+        }
+    };
     let upper = c.state.dir.join("upper");
     let (bytes, inodes) = cgroups::dir_usage(&upper);
     v1::ContainerStats {

@@ -185,6 +185,61 @@ pub fn image_with_config(layers: Vec<Layer>, user: &str, padding: &str) -> TestI
     }
 }
 
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const WASM_LAYER: &str = "application/wasm";
+
+/// One wasm layer: the module, its media type and its title annotation.
+pub struct WasmLayer<'a> {
+    pub module: &'a [u8],
+    pub media_type: &'a str,
+    pub title: Option<&'a str>,
+}
+
+/// A wasm artifact: `config` (media type, blob) and bare-module layers.
+pub fn wasm_artifact(config: (&str, Vec<u8>), layers: &[WasmLayer<'_>]) -> TestImage {
+    let (config_mt, config) = config;
+    let config_digest = digest(&config);
+    let mut blobs = HashMap::new();
+    let mut descs = Vec::new();
+    let mut layer_digests = Vec::new();
+    for l in layers {
+        let d = digest(l.module);
+        let mut desc =
+            serde_json::json!({"mediaType": l.media_type, "digest": d, "size": l.module.len()});
+        if let Some(t) = l.title {
+            desc["annotations"] = serde_json::json!({"org.opencontainers.image.title": t});
+        }
+        descs.push(desc);
+        blobs.insert(d.clone(), l.module.to_vec());
+        layer_digests.push(d);
+    }
+    blobs.insert(config_digest.clone(), config.clone());
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": WASM_CONFIG,
+        "config": {"mediaType": config_mt, "digest": config_digest, "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap();
+    TestImage {
+        manifest_digest: digest(&manifest),
+        manifest,
+        config,
+        config_digest,
+        layer_digests,
+        blobs,
+    }
+}
+
+/// The CNCF wasm config blob for `layers` (module digests).
+pub fn wasm_config(os: &str, layer_digests: &[String]) -> (&'static str, Vec<u8>) {
+    let cfg = serde_json::json!({
+        "created": "2024-05-06T07:08:09Z", "author": "unicri-tests",
+        "architecture": "wasm", "os": os, "layerDigests": layer_digests,
+    });
+    (WASM_CONFIG, serde_json::to_vec(&cfg).unwrap())
+}
+
 /// An index with linux/arm64 (bogus digest) and linux/amd64 → `img`.
 pub fn index_for(img: &TestImage) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({

@@ -5,11 +5,10 @@
 //! same). The file is shared by both streams of a container and can be reopened after kubelet
 //! rotated it.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{SecondsFormat, Utc};
 
@@ -34,11 +33,12 @@ impl Stream {
     }
 }
 
-/// A container's log file; cheap to clone (both streams share it). Write errors are logged and
-/// counted, never fatal: a full disk must not stop the container.
+/// A container's log file; cheap to clone (both streams share it) and shareable across threads
+/// (the `wasm` keeper writes from instance threads). Write errors are logged and counted, never
+/// fatal: a full disk must not stop the container.
 #[derive(Clone, Debug)]
 pub struct LogFile {
-    inner: Rc<RefCell<Inner>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 #[derive(Debug)]
@@ -53,7 +53,7 @@ impl LogFile {
     pub fn open(path: &Path) -> std::io::Result<LogFile> {
         let file = open_append(path)?;
         Ok(LogFile {
-            inner: Rc::new(RefCell::new(Inner {
+            inner: Arc::new(Mutex::new(Inner {
                 path: path.to_path_buf(),
                 file: Some(file),
                 errors: 0,
@@ -63,16 +63,22 @@ impl LogFile {
 
     /// Closes the file and opens `path` again (a new file if kubelet renamed the old one).
     pub fn reopen(&self) -> std::io::Result<()> {
-        let mut inner = self.inner.borrow_mut();
+        let mut inner = self.lock();
         inner.file = None;
         let file = open_append(&inner.path)?;
         inner.file = Some(file);
         Ok(())
     }
 
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Write errors so far.
     pub fn errors(&self) -> u64 {
-        self.inner.borrow().errors
+        self.lock().errors
     }
 
     fn write_record(&self, stream: Stream, partial: bool, text: &[u8]) {
@@ -84,7 +90,7 @@ impl LogFile {
         rec.extend_from_slice(if partial { b" P " } else { b" F " });
         rec.extend_from_slice(text);
         rec.push(b'\n');
-        let mut inner = self.inner.borrow_mut();
+        let mut inner = self.lock();
         let result = match inner.file.as_mut() {
             Some(f) => f.write_all(&rec),
             None => Err(std::io::Error::other("log file is closed")),

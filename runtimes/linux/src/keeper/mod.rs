@@ -74,6 +74,8 @@ pub struct KeeperClient {
     exe: PathBuf,
     /// Passed on as `--idle-exit-ms`.
     idle_exit_ms: u64,
+    /// The `unicri` subcommand that runs this keeper (`keeper`, `wasm-keeper`).
+    command: &'static str,
     /// Held while a keeper is being started, so a burst of requests starts one keeper.
     starting: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
@@ -87,8 +89,16 @@ impl KeeperClient {
             dir,
             exe: exe.into(),
             idle_exit_ms,
+            command: "keeper",
             starting: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// The same client for a keeper started as `exe <command>` (another backend's node keeper
+    /// speaking this protocol, e.g. `wasm-keeper`).
+    pub fn with_command(mut self, command: &'static str) -> Self {
+        self.command = command;
+        self
     }
 
     /// The keeper directory.
@@ -197,7 +207,7 @@ impl KeeperClient {
             message: format!("dup log fd: {e}"),
         })?;
         let mut child = tokio::process::Command::new(&self.exe)
-            .arg("keeper")
+            .arg(self.command)
             .arg("--dir")
             .arg(&self.dir)
             .arg("--idle-exit-ms")
@@ -210,7 +220,7 @@ impl KeeperClient {
             .spawn()
             .map_err(|e| LinuxError::Keeper {
                 op: "start",
-                message: format!("spawn {} keeper: {e}", self.exe.display()),
+                message: format!("spawn {} {}: {e}", self.exe.display(), self.command),
             })?;
         tracing::info!(pid = child.id(), dir = %self.dir.display(), "keeper started");
         // reap it when it exits (idle); it outlives us otherwise

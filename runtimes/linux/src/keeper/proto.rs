@@ -149,6 +149,23 @@ pub struct ContainerInfo {
     pub exit: Option<ExitStatus>,
     /// The CRI log file.
     pub log_path: Option<PathBuf>,
+    /// Resource use measured by the keeper itself, for containers that have no cgroup of their
+    /// own (`wasm` instances are threads of the keeper); `None` where the cgroup tells.
+    pub usage: Option<Usage>,
+}
+
+/// Resource use of one container as its keeper measures it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    /// CPU time consumed, nanoseconds.
+    pub cpu_ns: u64,
+    /// Memory in use now (linear memories, tables and instance state), bytes.
+    pub memory_bytes: u64,
+    /// The most memory it has held, bytes.
+    pub memory_max_bytes: u64,
+    /// The memory limit, bytes; 0: none.
+    pub memory_limit_bytes: u64,
 }
 
 /// [`Request::Exec`]'s result.

@@ -308,6 +308,7 @@ async fn create(req: CreateRequest, state: &Shared, paths: &KeeperPaths) -> Resp
                 started_at: 0,
                 exit: None,
                 log_path: req.log_path.clone(),
+                usage: None,
             };
             let record = Record {
                 info: info.clone(),
@@ -555,6 +556,7 @@ fn pod_init(id: &str, state: &Shared, paths: &KeeperPaths) -> Response {
                 started_at: now,
                 exit: None,
                 log_path: None,
+                usage: None,
             };
             let record = Record {
                 info: info.clone(),
@@ -709,6 +711,7 @@ fn record_exit(state: &Shared, paths: &KeeperPaths, pid: i32, code: i32, signal:
         signal,
         oom_killed,
         finished_at: now_ns(),
+        message: String::new(),
     };
     tracing::info!(id = %entry.record.info.id, pid, code, oom_killed, "container exited");
     entry.record.info.exit = Some(exit);
