@@ -7,7 +7,10 @@
 # socket/root/state, runs critest, prints "N passed, N failed" and exits non-zero on failures.
 #
 # usage: critest/run.sh [--handler H] [--focus REGEX] [--skip REGEX] [--config-extra FILE]
-#                       [--keep] [--no-build] [-- extra critest args]
+#                       [--keep] [--no-build] [--serve] [-- extra critest args]
+# --serve: set everything up but run no critest; print the crictl endpoint and wait (Ctrl-C
+#          tears it down). The registry also holds docker.io/unicri/wasm-hello:{compat,artifact},
+#          unicri/wasm-component:artifact and unicri/wasm-ticker:compat for the wasm handler.
 # env:   CRITEST (default /work/tools/bin/critest), UNICRI_BIN (default target/debug/unicri),
 #        REGISTRY_BIN (default /usr/bin/docker-registry)
 set -euo pipefail
@@ -24,9 +27,10 @@ SKIP=""
 CONFIG_EXTRA=""
 KEEP=0
 BUILD=1
+SERVE=0
 EXTRA=()
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -36,6 +40,7 @@ while [[ $# -gt 0 ]]; do
         --config-extra) CONFIG_EXTRA="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --no-build) BUILD=0; shift ;;
+        --serve) SERVE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -172,6 +177,12 @@ for i in $(seq 1 200); do
     sleep 0.1
 done
 echo "critest/run.sh: unicri pid $UNICRI_PID on $SOCK"
+if [[ $SERVE == 1 ]]; then
+    echo "critest/run.sh: serving; export CONTAINER_RUNTIME_ENDPOINT=unix://$SOCK IMAGE_SERVICE_ENDPOINT=unix://$SOCK"
+    echo "critest/run.sh: logs in $TMP; Ctrl-C (or kill $$) to tear down"
+    wait "$UNICRI_PID" || true
+    exit 0
+fi
 
 # --- critest ------------------------------------------------------------------------------------
 ARGS=(--runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK")

@@ -744,6 +744,19 @@ async fn stats_of_a_running_module() -> Result<()> {
         .stats;
     ensure!(listed.len() == 1, "{listed:?}");
 
+    // the instance runs inside the pod's network namespace: one `wasm` thread of this daemon's
+    // wasm keeper is in the netns pinned for the pod (and so not in the node's)
+    let pin = d.base_dir().join("state/netns").join(&pod.id);
+    let pin_ns = format!(
+        "net:[{}]",
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&pin).context("netns pin")?)
+    );
+    let nets = wasm_thread_netns(d.base_dir());
+    ensure!(
+        nets.contains(&pin_ns),
+        "no wasm thread in the pod netns {pin_ns}: {nets:?}"
+    );
+
     rt.stop_container(v1::StopContainerRequest {
         container_id: id.clone(),
         timeout: 2,
@@ -940,4 +953,31 @@ async fn running_module_survives_kill_9_of_the_daemon() -> Result<()> {
 
     remove_pod(&env.d, &pod.id).await?;
     env.finish().await
+}
+
+/// The network namespaces (`net:[inode]`) of the `wasm` instance threads of the wasm keeper
+/// whose state dir is under `base`.
+fn wasm_thread_netns(base: &std::path::Path) -> Vec<String> {
+    let base = base.to_string_lossy().into_owned();
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains("wasm-keeper") || !cmd.contains(&base) {
+            continue;
+        }
+        for t in std::fs::read_dir(p.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "wasm"
+                && let Ok(link) = std::fs::read_link(t.path().join("ns/net"))
+            {
+                out.push(link.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
 }

@@ -143,8 +143,31 @@ pub fn build(inputs: &SpecInputs<'_>) -> Result<Built, WasmError> {
             c.image_ref
         ))
     };
-    let module = resolve_in_root(inputs.rootfs, &cwd, &args[0])
-        .map_err(|why| not_wasm(format!("its entrypoint {:?} {why}", args[0])))?;
+    let env: Vec<(String, String)> =
+        unicri_runtime_linux::spec::environment(c, inputs.image, inputs.hostname, "")
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv, String::new()),
+            })
+            .collect();
+    // a bare name is looked up in the container's PATH, as exec would
+    let found = if args[0].contains('/') {
+        None
+    } else {
+        env.iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+            .split(':')
+            .filter(|d| d.starts_with('/'))
+            .find_map(|d| resolve_in_root(inputs.rootfs, "/", &format!("{d}/{}", args[0])).ok())
+    };
+    let module = match found {
+        Some(m) => m,
+        None => resolve_in_root(inputs.rootfs, &cwd, &args[0])
+            .map_err(|why| not_wasm(format!("its entrypoint {:?} {why}", args[0])))?,
+    };
     let mut head = Vec::with_capacity(8);
     std::fs::File::open(&module)
         .and_then(|f| f.take(8).read_to_end(&mut head))
@@ -156,13 +179,6 @@ pub fn build(inputs: &SpecInputs<'_>) -> Result<Built, WasmError> {
         ))
     })?;
 
-    let env = unicri_runtime_linux::spec::environment(c, inputs.image, inputs.hostname, "")
-        .into_iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (kv, String::new()),
-        })
-        .collect();
 
     if !c.devices.is_empty() {
         return Err(WasmError::InvalidArgument(

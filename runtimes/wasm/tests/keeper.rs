@@ -57,10 +57,19 @@ fn keeper() -> Keeper {
 
 impl Keeper {
     async fn create(&self, id: &str, wasm: &[u8], limit: u64) -> ContainerInfo {
+        self.create_with(id, wasm, |s| s.memory_limit = limit).await
+    }
+
+    async fn create_with(
+        &self,
+        id: &str,
+        wasm: &[u8],
+        tweak: impl FnOnce(&mut WasmSpec),
+    ) -> ContainerInfo {
         let bundle = self.root.join(id);
         std::fs::create_dir_all(bundle.join("rootfs")).expect("mkdir");
         std::fs::write(bundle.join("rootfs/app.wasm"), wasm).expect("write");
-        let spec = WasmSpec {
+        let mut spec = WasmSpec {
             module: bundle.join("rootfs/app.wasm"),
             args: vec!["/app.wasm".into()],
             preopens: vec![Preopen {
@@ -68,9 +77,9 @@ impl Keeper {
                 guest: "/".into(),
                 readonly: false,
             }],
-            memory_limit: limit,
             ..WasmSpec::default()
         };
+        tweak(&mut spec);
         std::fs::write(
             bundle.join("wasm.json"),
             serde_json::to_vec(&spec).expect("json"),
@@ -190,4 +199,48 @@ async fn kill_ends_a_spinning_and_a_sleeping_instance() {
     );
     k.client.delete("sleep").await.expect("delete");
     assert!(k.client.state("sleep").await.expect("state").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_quota_holds_and_modules_are_compiled_once_to_the_disk_cache() {
+    let k = keeper();
+    let spin = module("(loop $l (br $l))", "");
+    // 10 ms of CPU per 100 ms period: over one second it may use about 100 ms, never the
+    // whole second an unthrottled spin takes
+    k.create_with("slow", &spin, |s| {
+        s.cpu_quota_us = 10_000;
+        s.cpu_period_us = 100_000;
+    })
+    .await;
+    k.client.start("slow").await.expect("start");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let usage = k
+        .client
+        .state("slow")
+        .await
+        .expect("state")
+        .expect("known")
+        .usage
+        .expect("usage");
+    assert!(
+        usage.cpu_ns < 400_000_000,
+        "a 10% quota used {} ms of CPU in 1 s",
+        usage.cpu_ns / 1_000_000
+    );
+    assert!(usage.cpu_ns > 20_000_000, "it did run: {usage:?}");
+    k.client.delete("slow").await.expect("delete");
+
+    // the same module again: one cache entry, and it is machine code for this engine
+    k.create("again", &spin, 0).await;
+    let cache = k.root.join("keeper/cache");
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].ends_with(".cwasm"), "{entries:?}");
+    let code = std::fs::read(cache.join(&entries[0])).expect("read");
+    assert_eq!(&code[..4], b"\x7fELF", "wasmtime's precompiled format is an ELF image");
+    k.client.delete("again").await.expect("delete");
 }

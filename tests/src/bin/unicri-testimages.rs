@@ -233,6 +233,25 @@ fn build(webserver: &str) -> Result<Vec<Target>> {
             img,
         );
     }
+
+    // WebAssembly images for the `wasm` handler (crictl tours, critest's handler runs): a hello
+    // module as an OCI image (`/app.wasm` entrypoint) and as a wasm OCI artifact, a component as
+    // an artifact, and a module that runs until stopped
+    use unicri_e2e::wasm;
+    let hello = wasm::hello()?;
+    add(&["unicri/wasm-hello:compat"], wasm::compat_image(&hello)?);
+    add(
+        &["unicri/wasm-hello:artifact"],
+        wasm::artifact(&hello, wasm::WASM_LAYER)?,
+    );
+    add(
+        &["unicri/wasm-component:artifact"],
+        wasm::artifact(&wasm::component()?, wasm::WASM_COMPONENT_LAYER)?,
+    );
+    add(
+        &["unicri/wasm-ticker:compat"],
+        wasm::compat_image(&wasm::ticker(100_000, 1000)?)?,
+    );
     Ok(out)
 }
 
