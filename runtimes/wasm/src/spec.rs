@@ -179,7 +179,6 @@ pub fn build(inputs: &SpecInputs<'_>) -> Result<Built, WasmError> {
         ))
     })?;
 
-
     if !c.devices.is_empty() {
         return Err(WasmError::InvalidArgument(
             "devices cannot be given to a WebAssembly container".into(),
