@@ -255,6 +255,31 @@ enum Command {
         #[arg(long, default_value = "info", env = "UNICRI_LOG")]
         log_level: String,
     },
+    /// Run one microVM (the `vm` handler's KVM engine; issue 5): its serial console on stdout;
+    /// exit 0 when the guest resets or powers off, 2 when it crashes, 1 on a VMM error.
+    Vmm {
+        /// Guest kernel: ELF vmlinux (PVH entry when it has the note) or bzImage.
+        #[arg(long, required_unless_present = "probe")]
+        kernel: Option<PathBuf>,
+        /// initramfs.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
+        cmdline: String,
+        /// Memory in MiB.
+        #[arg(long, default_value_t = 128)]
+        mem_mib: u64,
+        /// vCPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u8,
+        /// Print what kind of KVM this host has and exit.
+        #[arg(long)]
+        probe: bool,
+        /// error, warn, info, debug, trace, or a tracing filter.
+        #[arg(long, default_value = "warn", env = "UNICRI_LOG")]
+        log_level: String,
+    },
     /// Image subcommands.
     Image {
         #[command(subcommand)]
@@ -306,7 +331,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_ADDRESS));
     let ch = cli::connect(&socket).await?;
     match cli.command {
-        Command::Daemon { .. } | Command::Keeper { .. } | Command::WasmKeeper { .. } => Ok(()),
+        Command::Daemon { .. }
+        | Command::Keeper { .. }
+        | Command::WasmKeeper { .. }
+        | Command::Vmm { .. } => Ok(()),
         Command::Version => cli::version(ch).await,
         Command::Info => cli::info(ch).await,
         Command::Pull { image, creds } => cli::pull(ch, &image, creds.as_deref()).await,
@@ -405,9 +433,54 @@ fn wasm_keeper(dir: PathBuf, idle_exit_ms: u64, log_level: &str) -> anyhow::Resu
     Ok(())
 }
 
+/// `unicri vmm`: one VM in this process, no tokio.
+fn vmm(cfg: Option<unicri_vmm::VmConfig>, log_level: &str) -> ExitCode {
+    init_tracing(log_level, LogFormat::Text);
+    let flavor = unicri_vmm::host::KvmFlavor::detect();
+    let Some(cfg) = cfg else {
+        println!("{}", flavor.describe());
+        return ExitCode::SUCCESS;
+    };
+    let vm = match unicri_vmm::Vm::new(&cfg, Box::new(std::io::stdout())) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("unicri vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let end = vm.run();
+    match &end {
+        unicri_vmm::VmExit::Reset => eprintln!("unicri vmm: the guest reset (reboot/power-off)"),
+        unicri_vmm::VmExit::Shutdown => eprintln!("unicri vmm: the guest shut down (crash)"),
+        unicri_vmm::VmExit::Error(e) => eprintln!("unicri vmm: {e} ({})", flavor.describe()),
+    }
+    ExitCode::from(end.code() as u8)
+}
+
 fn main() -> ExitCode {
     memory::limit_malloc_arenas();
     let cli = Cli::parse();
+    if let Command::Vmm {
+        kernel,
+        initrd,
+        cmdline,
+        mem_mib,
+        vcpus,
+        probe,
+        log_level,
+    } = cli.command
+    {
+        let cfg = kernel
+            .filter(|_| !probe)
+            .map(|kernel| unicri_vmm::VmConfig {
+                kernel,
+                initrd,
+                cmdline,
+                mem_mib,
+                vcpus,
+            });
+        return vmm(cfg, &log_level);
+    }
     let result = match cli.command {
         Command::Keeper {
             dir,

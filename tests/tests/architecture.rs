@@ -11,6 +11,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     m.insert("unicri-sandbox", BTreeSet::new());
     m.insert("unicri-mounts", BTreeSet::new());
     m.insert("unicri-streaming", BTreeSet::new());
+    m.insert("unicri-vmm", BTreeSet::new());
     m.insert("unicri-storage", BTreeSet::from(["unicri-sandbox"]));
     m.insert("unicri-image", BTreeSet::from(["unicri-sandbox"]));
     m.insert(
@@ -36,6 +37,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "unicri-network-cni",
             "unicri-runtime-linux",
             "unicri-runtime-wasm",
+            "unicri-vmm",
             "unicri-mounts",
             "unicri-streaming",
         ]),
