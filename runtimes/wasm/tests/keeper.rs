@@ -241,6 +241,10 @@ async fn cpu_quota_holds_and_modules_are_compiled_once_to_the_disk_cache() {
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].ends_with(".cwasm"), "{entries:?}");
     let code = std::fs::read(cache.join(&entries[0])).expect("read");
-    assert_eq!(&code[..4], b"\x7fELF", "wasmtime's precompiled format is an ELF image");
+    assert_eq!(
+        &code[..4],
+        b"\x7fELF",
+        "wasmtime's precompiled format is an ELF image"
+    );
     k.client.delete("again").await.expect("delete");
 }
