@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod error;
 pub mod host;
 pub mod layout;
+pub mod virtio;
 pub mod vm;
 
 pub use error::VmmError;

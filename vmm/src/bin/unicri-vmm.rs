@@ -1,0 +1,68 @@
+//! `unicri-vmm`: the small VMM binary (no tokio, no CRI): one VM per process. `unicri vmm`
+//! runs the same code; this binary keeps a VM's process small (issue 5: VMM overhead ≤ 3 MiB).
+//!
+//! usage: unicri-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--mem-mib N] [--vcpus N]
+//!        unicri-vmm --probe
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: unicri-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--mem-mib N] [--vcpus N]\n       unicri-vmm --probe"
+    );
+    ExitCode::from(64)
+}
+
+fn main() -> ExitCode {
+    let mut cfg = unicri_vmm::VmConfig {
+        cmdline: "console=ttyS0 reboot=k panic=-1".into(),
+        ..unicri_vmm::VmConfig::default()
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next();
+        match a.as_str() {
+            "--probe" => {
+                println!("{}", unicri_vmm::host::KvmFlavor::detect().describe());
+                return ExitCode::SUCCESS;
+            }
+            "--kernel" => match value() {
+                Some(v) => cfg.kernel = PathBuf::from(v),
+                None => return usage(),
+            },
+            "--initrd" => match value() {
+                Some(v) => cfg.initrd = Some(PathBuf::from(v)),
+                None => return usage(),
+            },
+            "--cmdline" => match value() {
+                Some(v) => cfg.cmdline = v,
+                None => return usage(),
+            },
+            "--mem-mib" => match value().and_then(|v| v.parse().ok()) {
+                Some(v) => cfg.mem_mib = v,
+                None => return usage(),
+            },
+            "--vcpus" => match value().and_then(|v| v.parse().ok()) {
+                Some(v) => cfg.vcpus = v,
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    if cfg.kernel.as_os_str().is_empty() {
+        return usage();
+    }
+    let vm = match unicri_vmm::Vm::new(&cfg, Box::new(std::io::stdout())) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("unicri-vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let end = vm.run();
+    if let unicri_vmm::VmExit::Error(e) = &end {
+        eprintln!("unicri-vmm: {e}");
+    }
+    ExitCode::from(end.code() as u8)
+}
