@@ -11,6 +11,7 @@
 //! Not yet (issue 5 continues): virtio-mmio devices (blk, net, vsock), confinement (cgroup,
 //! privilege drop, seccomp), the control channel, the guest kernel build.
 
+pub mod api;
 pub mod boot;
 pub mod cpu;
 pub mod error;

@@ -3,8 +3,8 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -18,6 +18,8 @@ use crate::cpu;
 use crate::error::VmmError;
 use crate::host::KvmFlavor;
 use crate::layout::*;
+use crate::virtio::mmio::{MMIO_LEN, MmioTransport};
+use crate::virtio::{Interrupt, VirtioDevice};
 
 /// What a VM is made of.
 #[derive(Clone, Debug)]
@@ -56,13 +58,15 @@ pub enum VmExit {
     Shutdown,
     /// KVM could not go on (internal error, failed entry, unexpected exit).
     Error(String),
+    /// Stopped through the control channel.
+    Stopped,
 }
 
 impl VmExit {
     /// The `unicri vmm` process exit code for this end: 0 reset, 2 shutdown, 1 error.
     pub fn code(&self) -> i32 {
         match self {
-            VmExit::Reset => 0,
+            VmExit::Reset | VmExit::Stopped => 0,
             VmExit::Shutdown => 2,
             VmExit::Error(_) => 1,
         }
@@ -80,9 +84,11 @@ impl Trigger for IrqTrigger {
 
 type SerialDev = Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
 
-/// Port I/O devices shared by the vCPU threads.
+/// Port I/O and MMIO devices shared by the vCPU threads.
 struct Bus {
     serial: Mutex<SerialDev>,
+    /// virtio-mmio transports by window base.
+    mmio: Vec<(u64, Mutex<MmioTransport>)>,
 }
 
 const SERIAL_BASE: u16 = 0x3f8;
@@ -111,6 +117,31 @@ impl Bus {
         }
     }
 
+    fn mmio(&self, addr: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
+        self.mmio
+            .iter()
+            .find(|(base, _)| (*base..*base + MMIO_LEN).contains(&addr))
+            .map(|(base, t)| (addr - base, t))
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.mmio(addr) {
+            Some((off, t)) => t
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .read(off, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some((off, t)) = self.mmio(addr) {
+            t.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .write(off, data);
+        }
+    }
+
     fn input(&self, port: u16, data: &mut [u8]) {
         let v = match port {
             p if (SERIAL_BASE..SERIAL_BASE + 8).contains(&p) => self
@@ -133,6 +164,7 @@ pub struct Vm {
     _mem: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
     bus: Arc<Bus>,
+    control: Arc<Control>,
     /// What kind of KVM this is.
     pub flavor: KvmFlavor,
     /// The entry the vCPUs start at.
@@ -153,6 +185,17 @@ impl Vm {
     /// Creates the VM, loads the kernel and sets up every vCPU; the serial console writes to
     /// `console`.
     pub fn new(cfg: &VmConfig, console: Box<dyn Write + Send>) -> Result<Vm, VmmError> {
+        Vm::with_devices(cfg, console, Vec::new())
+    }
+
+    /// [`Vm::new`] with virtio-mmio devices: device `i` gets the 4 KiB window at
+    /// `MMIO_GAP_START + i * 4 KiB` and GSI `5 + i`, announced on the kernel command line
+    /// (`virtio_mmio.device=4K@<addr>:<gsi>`).
+    pub fn with_devices(
+        cfg: &VmConfig,
+        console: Box<dyn Write + Send>,
+        devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    ) -> Result<Vm, VmmError> {
         if cfg.vcpus == 0 || cfg.vcpus > 254 {
             return Err(VmmError::Config(format!("{} vCPUs (1..=254)", cfg.vcpus)));
         }
@@ -192,8 +235,27 @@ impl Vm {
         })?;
         vm.register_irqfd(&irq, 4)
             .map_err(VmmError::ioctl("KVM_IRQFD (serial)"))?;
+        let mut mmio = Vec::with_capacity(devices.len());
+        let mut cmdline = cfg.cmdline.clone();
+        for (i, dev) in devices.into_iter().enumerate() {
+            let base = MMIO_GAP_START + (i as u64) * MMIO_LEN;
+            let gsi = 5 + i as u32;
+            if gsi > 23 {
+                return Err(VmmError::Config("more than 19 virtio devices".into()));
+            }
+            let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+                what: "virtio irq eventfd".into(),
+                source,
+            })?;
+            vm.register_irqfd(&fd, gsi)
+                .map_err(VmmError::ioctl("KVM_IRQFD (virtio)"))?;
+            let t = MmioTransport::new(dev, mem.clone(), Interrupt::new(fd));
+            mmio.push((base, Mutex::new(t)));
+            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        }
         let bus = Arc::new(Bus {
             serial: Mutex::new(Serial::new(IrqTrigger(irq), console)),
+            mmio,
         });
 
         let (entry, _end) = boot::load_kernel(&mem, &cfg.kernel)?;
@@ -202,13 +264,14 @@ impl Vm {
             .as_deref()
             .map(|p| boot::load_initrd(&mem, p))
             .transpose()?;
-        boot::write_cmdline(&mem, &cfg.cmdline)?;
+        let cmdline = cmdline.trim().to_string();
+        boot::write_cmdline(&mem, &cmdline)?;
         boot::write_gdt(&mem, entry.mode)?;
         match entry.mode {
-            EntryMode::Pvh => boot::write_pvh_info(&mem, cfg.cmdline.len(), initrd)?,
+            EntryMode::Pvh => boot::write_pvh_info(&mem, cmdline.len(), initrd)?,
             EntryMode::Long64 => {
                 boot::write_page_tables(&mem)?;
-                boot::write_zero_page(&mem, None, cfg.cmdline.len(), initrd)?;
+                boot::write_zero_page(&mem, None, cmdline.len(), initrd)?;
             }
         }
 
@@ -238,31 +301,38 @@ impl Vm {
             _mem: mem,
             vcpus,
             bus,
+            control: Arc::new(Control::default()),
             flavor,
             entry,
         })
     }
 
+    /// The VM's control block (pause, resume, stop, counters), for the control channel.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
     /// Runs every vCPU on its own thread until the VM ends; the other vCPUs are then stopped.
     pub fn run(mut self) -> VmExit {
         let (tx, rx) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
+        let ctl = self.control.clone();
+        *lock(&ctl.end) = Some(tx.clone());
         kick_handler();
-        let mut threads = Vec::new();
+        let n = self.vcpus.len();
+        ctl.vcpus.store(n, Ordering::Release);
         for (i, mut vcpu) in self.vcpus.drain(..).enumerate() {
-            let (tx, flag, bus) = (tx.clone(), stop.clone(), self.bus.clone());
+            let (tx, c, bus) = (tx.clone(), ctl.clone(), self.bus.clone());
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn(move || {
-                    let end = run_vcpu(&mut vcpu, &bus, &flag);
-                    if let Some(end) = end {
+                    if let Some(end) = run_vcpu(&mut vcpu, &bus, &c) {
                         let _ = tx.send(end);
                     }
                 });
             match t {
-                Ok(t) => threads.push(t),
+                Ok(t) => lock(&ctl.threads).push(t),
                 Err(e) => {
-                    stop.store(true, Ordering::Release);
+                    ctl.stop.store(true, Ordering::Release);
                     return VmExit::Error(format!("spawn vcpu thread: {e}"));
                 }
             }
@@ -271,17 +341,111 @@ impl Vm {
         let end = rx
             .recv()
             .unwrap_or_else(|_| VmExit::Error("every vCPU thread ended".into()));
-        stop.store(true, Ordering::Release);
+        *lock(&ctl.end) = None;
+        ctl.stop.store(true, Ordering::Release);
+        ctl.cv.notify_all();
         // kick the others out of KVM_RUN until they are gone
         let deadline = Instant::now() + Duration::from_secs(2);
-        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                use vmm_sys_util::signal::Killable;
-                let _ = t.kill(vmm_sys_util::signal::SIGRTMIN());
-            }
+        while lock(&ctl.threads).iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            ctl.kick();
             std::thread::sleep(Duration::from_millis(1));
         }
         end
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Pause, resume and stop of a running VM, and its counters (the control channel's handle).
+#[derive(Debug, Default)]
+pub struct Control {
+    stop: AtomicBool,
+    paused: Mutex<bool>,
+    cv: Condvar,
+    parked: AtomicUsize,
+    vcpus: AtomicUsize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    end: Mutex<Option<mpsc::Sender<VmExit>>>,
+    started: Mutex<Option<Instant>>,
+    /// VM exits handled, by kind.
+    pub exits: ExitCounters,
+}
+
+/// VM exit counters.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    /// Port I/O exits.
+    pub io: AtomicU64,
+    /// MMIO exits.
+    pub mmio: AtomicU64,
+    /// Interrupted runs (kicks, signals).
+    pub intr: AtomicU64,
+}
+
+impl Control {
+    fn kick(&self) {
+        use vmm_sys_util::signal::Killable;
+        for t in lock(&self.threads).iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(vmm_sys_util::signal::SIGRTMIN());
+        }
+    }
+
+    /// Whether the vCPUs are (asked to be) paused.
+    pub fn is_paused(&self) -> bool {
+        *lock(&self.paused)
+    }
+
+    /// Pauses every vCPU; returns once all of them are parked (or after 2 s: `false`).
+    pub fn pause(&self) -> bool {
+        *lock(&self.paused) = true;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.parked.load(Ordering::Acquire) < self.vcpus.load(Ordering::Acquire) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            self.kick();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    }
+
+    /// Resumes the vCPUs.
+    pub fn resume(&self) {
+        *lock(&self.paused) = false;
+        self.cv.notify_all();
+    }
+
+    /// Ends the VM as [`VmExit::Stopped`].
+    pub fn shutdown(&self) {
+        if let Some(tx) = lock(&self.end).as_ref() {
+            let _ = tx.send(VmExit::Stopped);
+        }
+        self.stop.store(true, Ordering::Release);
+        self.cv.notify_all();
+        self.kick();
+    }
+
+    /// Time since the vCPUs started.
+    pub fn uptime(&self) -> Duration {
+        lock(&self.started).map(|t| t.elapsed()).unwrap_or_default()
+    }
+
+    /// Parks the calling vCPU while paused; `false` when the VM is stopping.
+    fn wait_unpaused(&self) -> bool {
+        let mut paused = lock(&self.paused);
+        if *paused {
+            self.parked.fetch_add(1, Ordering::AcqRel);
+            while *paused && !self.stop.load(Ordering::Acquire) {
+                paused = self
+                    .cv
+                    .wait(paused)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            self.parked.fetch_sub(1, Ordering::AcqRel);
+        }
+        !self.stop.load(Ordering::Acquire)
     }
 }
 
@@ -291,20 +455,36 @@ fn kick_handler() {
     let _ = vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), noop);
 }
 
-fn run_vcpu(vcpu: &mut VcpuFd, bus: &Bus, stop: &AtomicBool) -> Option<VmExit> {
+fn run_vcpu(vcpu: &mut VcpuFd, bus: &Bus, ctl: &Control) -> Option<VmExit> {
+    {
+        let mut started = lock(&ctl.started);
+        if started.is_none() {
+            *started = Some(Instant::now());
+        }
+    }
     loop {
-        if stop.load(Ordering::Acquire) {
+        if !ctl.wait_unpaused() {
             return None;
         }
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
+                ctl.exits.io.fetch_add(1, Ordering::Relaxed);
                 if let Io::Reset = bus.out(port, data) {
                     return Some(VmExit::Reset);
                 }
             }
-            Ok(VcpuExit::IoIn(port, data)) => bus.input(port, data),
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::IoIn(port, data)) => {
+                ctl.exits.io.fetch_add(1, Ordering::Relaxed);
+                bus.input(port, data)
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                ctl.exits.mmio.fetch_add(1, Ordering::Relaxed);
+                bus.mmio_read(addr, data)
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ctl.exits.mmio.fetch_add(1, Ordering::Relaxed);
+                bus.mmio_write(addr, data)
+            }
             Ok(VcpuExit::Hlt) => return Some(VmExit::Shutdown),
             Ok(VcpuExit::Shutdown) => return Some(VmExit::Shutdown),
             Ok(VcpuExit::InternalError) => {
@@ -315,9 +495,13 @@ fn run_vcpu(vcpu: &mut VcpuFd, bus: &Bus, stop: &AtomicBool) -> Option<VmExit> {
                     "KVM_EXIT_FAIL_ENTRY (reason {reason:#x}, cpu {cpu})"
                 )));
             }
-            Ok(VcpuExit::Intr) => {}
+            Ok(VcpuExit::Intr) => {
+                ctl.exits.intr.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(other) => return Some(VmExit::Error(format!("unexpected exit {other:?}"))),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                ctl.exits.intr.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => return Some(VmExit::Error(format!("KVM_RUN: {e}"))),
         }
     }
