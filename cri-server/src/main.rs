@@ -451,6 +451,7 @@ fn vmm(cfg: Option<unicri_vmm::VmConfig>, log_level: &str) -> ExitCode {
     let end = vm.run();
     match &end {
         unicri_vmm::VmExit::Reset => eprintln!("unicri vmm: the guest reset (reboot/power-off)"),
+        unicri_vmm::VmExit::Stopped => eprintln!("unicri vmm: stopped through the control channel"),
         unicri_vmm::VmExit::Shutdown => eprintln!("unicri vmm: the guest shut down (crash)"),
         unicri_vmm::VmExit::Error(e) => eprintln!("unicri vmm: {e} ({})", flavor.describe()),
     }
@@ -478,6 +479,7 @@ fn main() -> ExitCode {
                 cmdline,
                 mem_mib,
                 vcpus,
+                ..unicri_vmm::VmConfig::default()
             });
         return vmm(cfg, &log_level);
     }

@@ -2,7 +2,7 @@
 //! i8042's reset line), one thread per vCPU, and how the VM ended.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -13,11 +13,13 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion}
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::{DriveInfo, Drives};
 use crate::boot::{self, EntryMode};
 use crate::cpu;
 use crate::error::VmmError;
 use crate::host::KvmFlavor;
 use crate::layout::*;
+use crate::virtio::block::{self, Block};
 use crate::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::virtio::{Interrupt, VirtioDevice};
 
@@ -34,6 +36,68 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// vCPUs (1..=254).
     pub vcpus: u8,
+    /// virtio-blk drives, in order (their media can change at run time: [`crate::api`]).
+    pub drives: Vec<DriveConfig>,
+}
+
+/// One virtio-blk drive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// Its id (the control channel's name for it; also its virtio serial).
+    pub id: String,
+    /// The media; `None`: an empty slot, filled later.
+    pub path: Option<PathBuf>,
+    /// Read-only (fixed for the slot: the guest reads it at probe).
+    pub read_only: bool,
+}
+
+/// The VM's drives by id, for the control channel.
+#[derive(Default)]
+pub struct DriveTable {
+    drives: Vec<(String, Arc<Mutex<Block>>, Mutex<Option<PathBuf>>)>,
+}
+
+impl std::fmt::Debug for DriveTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.drives.iter().map(|(id, _, _)| id))
+            .finish()
+    }
+}
+
+impl Drives for DriveTable {
+    fn set_media(&self, id: &str, path: Option<&Path>, read_only: bool) -> Result<(), String> {
+        let (_, dev, media) = self
+            .drives
+            .iter()
+            .find(|(d, _, _)| d == id)
+            .ok_or_else(|| format!("no drive {id:?}"))?;
+        let file = path
+            .map(|p| {
+                block::open_image(p, read_only).map_err(|e| format!("open {}: {e}", p.display()))
+            })
+            .transpose()?;
+        lock(dev)
+            .set_media(file.map(|f| (f, read_only)))
+            .map_err(|e| format!("drive {id}: {e}"))?;
+        *lock(media) = path.map(Path::to_path_buf);
+        Ok(())
+    }
+
+    fn list(&self) -> Vec<DriveInfo> {
+        self.drives
+            .iter()
+            .map(|(id, dev, media)| {
+                let d = lock(dev);
+                DriveInfo {
+                    id: id.clone(),
+                    path: lock(media).clone(),
+                    read_only: d.is_read_only(),
+                    capacity: d.capacity() * block::SECTOR_SIZE,
+                }
+            })
+            .collect()
+    }
 }
 
 impl Default for VmConfig {
@@ -44,6 +108,7 @@ impl Default for VmConfig {
             cmdline: String::new(),
             mem_mib: 128,
             vcpus: 1,
+            drives: Vec::new(),
         }
     }
 }
@@ -165,6 +230,7 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     bus: Arc<Bus>,
     control: Arc<Control>,
+    drives: Arc<DriveTable>,
     /// What kind of KVM this is.
     pub flavor: KvmFlavor,
     /// The entry the vCPUs start at.
@@ -196,6 +262,31 @@ impl Vm {
         console: Box<dyn Write + Send>,
         devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     ) -> Result<Vm, VmmError> {
+        let mut table = DriveTable::default();
+        let mut all: Vec<Arc<Mutex<dyn VirtioDevice>>> = Vec::new();
+        for d in &cfg.drives {
+            if table.drives.iter().any(|(id, _, _)| *id == d.id) || d.id.is_empty() {
+                return Err(VmmError::Config(format!(
+                    "drive id {:?} is empty or repeated",
+                    d.id
+                )));
+            }
+            let dev = match &d.path {
+                Some(p) => Block::open(&d.id, p, d.read_only).map_err(|source| VmmError::Io {
+                    what: format!("open drive {} ({})", d.id, p.display()),
+                    source,
+                })?,
+                None if d.read_only => Block::empty_read_only(&d.id),
+                None => Block::empty(&d.id),
+            };
+            let dev = Arc::new(Mutex::new(dev));
+            all.push(dev.clone());
+            table
+                .drives
+                .push((d.id.clone(), dev, Mutex::new(d.path.clone())));
+        }
+        all.extend(devices);
+        let devices = all;
         if cfg.vcpus == 0 || cfg.vcpus > 254 {
             return Err(VmmError::Config(format!("{} vCPUs (1..=254)", cfg.vcpus)));
         }
@@ -302,9 +393,15 @@ impl Vm {
             vcpus,
             bus,
             control: Arc::new(Control::default()),
+            drives: Arc::new(table),
             flavor,
             entry,
         })
+    }
+
+    /// The VM's drives, for the control channel.
+    pub fn drives(&self) -> Arc<DriveTable> {
+        self.drives.clone()
     }
 
     /// The VM's control block (pause, resume, stop, counters), for the control channel.

@@ -105,17 +105,19 @@ fn pause_resume_metrics_and_shutdown_over_the_control_socket() {
         &VmConfig {
             kernel,
             mem_mib: 32,
-            vcpus: std::env::var("VCPUS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
+            vcpus: 2,
+            drives: vec![unicri_vmm::vm::DriveConfig {
+                id: "rootfs1".into(),
+                path: None,
+                read_only: false,
+            }],
             ..VmConfig::default()
         },
         Box::new(console.clone()),
     )
     .expect("vm");
     let sock = dir.path().join("api.sock");
-    unicri_vmm::api::serve(&sock, vm.control(), None).expect("serve");
+    unicri_vmm::api::serve(&sock, vm.control(), Some(vm.drives())).expect("serve");
     let runner = std::thread::spawn(move || vm.run());
     assert!(wait_growth(&console, 0), "the guest printed nothing");
 
@@ -135,6 +137,36 @@ fn pause_resume_metrics_and_shutdown_over_the_control_socket() {
     assert!(m["rss_kib"].as_u64().unwrap_or(0) > 0, "{m}");
     let bad = call(&mut conn, r#"{"op":"drive","id":"none","path":null}"#);
     assert_eq!(bad["ok"], false, "{bad}");
+
+    // media attached, swapped and ejected while the VM runs
+    let d = call(&mut conn, r#"{"op":"drives"}"#);
+    assert_eq!(d["drives"][0]["id"], "rootfs1", "{d}");
+    assert_eq!(d["drives"][0]["capacity"], 0, "{d}");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    std::fs::write(&a, vec![0u8; 1 << 20]).expect("a");
+    std::fs::write(&b, vec![0u8; 2 << 20]).expect("b");
+    for (img, cap) in [(&a, 1u64 << 20), (&b, 2 << 20)] {
+        let r = call(
+            &mut conn,
+            &format!(
+                r#"{{"op":"drive","id":"rootfs1","path":"{}"}}"#,
+                img.display()
+            ),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        let d = call(&mut conn, r#"{"op":"drives"}"#);
+        assert_eq!(d["drives"][0]["capacity"], cap, "{d}");
+        assert_eq!(d["drives"][0]["path"], img.display().to_string(), "{d}");
+    }
+    let missing = call(
+        &mut conn,
+        r#"{"op":"drive","id":"rootfs1","path":"/nonexistent.img"}"#,
+    );
+    assert_eq!(missing["ok"], false, "{missing}");
+    let r = call(&mut conn, r#"{"op":"drive","id":"rootfs1","path":null}"#);
+    assert_eq!(r["ok"], true, "{r}");
+    let d = call(&mut conn, r#"{"op":"drives"}"#);
+    assert_eq!(d["drives"][0]["capacity"], 0, "{d}");
     let bad = call(&mut conn, r#"{"op":"format-the-disk"}"#);
     assert_eq!(bad["ok"], false, "{bad}");
 

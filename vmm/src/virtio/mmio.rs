@@ -179,11 +179,7 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            0x050 => {
-                if self.activated {
-                    lock(&self.device).queue_notify(v as usize);
-                }
-            }
+            0x050 if self.activated => lock(&self.device).queue_notify(v as usize),
             0x064 => {
                 self.interrupt
                     .status
