@@ -54,8 +54,11 @@ pub struct DriveConfig {
 /// The VM's drives by id, for the control channel.
 #[derive(Default)]
 pub struct DriveTable {
-    drives: Vec<(String, Arc<Mutex<Block>>, Mutex<Option<PathBuf>>)>,
+    drives: Vec<DriveSlot>,
 }
+
+/// One drive: id, device, media path.
+type DriveSlot = (String, Arc<Mutex<Block>>, Mutex<Option<PathBuf>>);
 
 impl std::fmt::Debug for DriveTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
