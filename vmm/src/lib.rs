@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod confine;
 pub mod cpu;
 pub mod error;
 pub mod host;
