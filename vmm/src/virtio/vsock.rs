@@ -1,1 +1,0 @@
-//! virtio-vsock (being written).
