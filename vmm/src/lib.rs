@@ -8,8 +8,12 @@
 //! * [`host`]: hardware KVM vs PVM.
 //! * [`vm`]: the VM, port I/O (8250 serial, i8042 reset), vCPU threads, how it ended.
 //!
-//! Not yet (issue 5 continues): virtio-mmio devices (blk, net, vsock), confinement (cgroup,
-//! privilege drop, seccomp), the control channel, the guest kernel build.
+//! * [`virtio`]: the virtio device trait, the virtio-mmio transport, block (media swappable at
+//!   run time), net (tap), vsock (host unix sockets).
+//! * [`api`]: the control channel (state, pause/resume, drives, shutdown, metrics).
+//! * [`confine`]: cgroups, privilege drop, the seccomp allowlist.
+//!
+//! The small binary `unicri-vmm` (src/bin) puts these together, one VM per process.
 
 pub mod api;
 pub mod boot;

@@ -3,12 +3,13 @@
 //!
 //! usage: unicri-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--mem-mib N] [--vcpus N]
 //!                   [--drive id=ID[,path=IMG][,ro]]... [--net tap=NAME[,mac=MAC][,mtu=N]]...
-//!                   [--api-sock PATH]
+//!                   [--vsock cid=N,uds=PATH] [--api-sock PATH]
 //!                   [--cgroup DIR]... [--uid N --gid N] [--seccomp | --no-seccomp]
 //!        unicri-vmm --probe
 //!
 //! Devices: `--drive` adds a virtio-blk drive (no `path`: an empty slot whose media the
-//! control channel attaches later), `--net` a virtio-net on a tap (made or attached by name).
+//! control channel attaches later), `--net` a virtio-net on a tap (made or attached by name),
+//! `--vsock` a virtio-vsock whose host side is the unix socket `uds` (Firecracker's scheme).
 //! `--api-sock` serves the control channel ([`unicri_vmm::api`]).
 //!
 //! Confinement ([`unicri_vmm::confine`]): the process joins every `--cgroup` directory
@@ -79,7 +80,7 @@ fn net(spec: &str, index: usize) -> Result<Arc<Mutex<dyn VirtioDevice>>, String>
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: unicri-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--mem-mib N] [--vcpus N]\n                  [--drive id=ID[,path=IMG][,ro]]... [--net tap=NAME[,mac=MAC][,mtu=N]]...\n                  [--api-sock PATH]\n                  [--cgroup DIR]... [--uid N --gid N] [--seccomp | --no-seccomp]\n       unicri-vmm --probe"
+        "usage: unicri-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--mem-mib N] [--vcpus N]\n                  [--drive id=ID[,path=IMG][,ro]]... [--net tap=NAME[,mac=MAC][,mtu=N]]...\n                  [--vsock cid=N,uds=PATH] [--api-sock PATH]\n                  [--cgroup DIR]... [--uid N --gid N] [--seccomp | --no-seccomp]\n       unicri-vmm --probe"
     );
     ExitCode::from(64)
 }
@@ -92,6 +93,7 @@ fn main() -> ExitCode {
     let mut confine = unicri_vmm::confine::Confinement::default();
     let mut nets: Vec<String> = Vec::new();
     let mut api_sock: Option<PathBuf> = None;
+    let mut vsock: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next();
@@ -126,6 +128,10 @@ fn main() -> ExitCode {
             },
             "--net" => match value() {
                 Some(v) => nets.push(v),
+                None => return usage(),
+            },
+            "--vsock" => match value() {
+                Some(v) => vsock = Some(v),
                 None => return usage(),
             },
             "--api-sock" => match value() {
@@ -167,6 +173,24 @@ fn main() -> ExitCode {
             Ok(d) => devices.push(d),
             Err(e) => {
                 eprintln!("unicri-vmm: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(spec) = &vsock {
+        let (mut cid, mut uds) = (0u64, None);
+        for (k, v) in opts(spec) {
+            match k.as_str() {
+                "cid" => cid = v.parse().unwrap_or(0),
+                "uds" => uds = Some(PathBuf::from(v)),
+                _ => return usage(),
+            }
+        }
+        let Some(uds) = uds else { return usage() };
+        match unicri_vmm::virtio::vsock::Vsock::new(cid, uds) {
+            Ok(v) => devices.push(Arc::new(Mutex::new(v))),
+            Err(e) => {
+                eprintln!("unicri-vmm: vsock: {e}");
                 return ExitCode::FAILURE;
             }
         }
