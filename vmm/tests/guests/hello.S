@@ -6,7 +6,8 @@
  *    (XEN_ELFNOTE_PHYS32_ENTRY = 18): the VMM enters it through PVH, with ebx = hvm_start_info;
  *  - `_start` (64-bit long mode, identity-mapped), the ELF entry: used when the note is absent
  *    (assembled with -DNO_PVH).
- * The PVH path also checks the hvm_start_info magic and reports it.
+ * The PVH path also checks the hvm_start_info magic and reports it. With -DWAIT the guest
+ * halts after its line instead of resetting (the benchmark reads the VMM's memory, then kills it).
  */
 #ifndef NO_PVH
         .section .note.Xen, "a", @note
@@ -34,7 +35,13 @@ print32:
         jz 3f
         outb %al, %dx
         jmp 2b
-3:      movb $0xfe, %al
+3:
+#ifdef WAIT
+        cli                     /* -DWAIT: stay alive (halted, no exits) until killed */
+8:      hlt
+        jmp 8b
+#endif
+        movb $0xfe, %al
         outb %al, $0x64
 4:      hlt
         jmp 4b
@@ -49,7 +56,13 @@ _start:
         jz 6f
         outb %al, %dx
         jmp 5b
-6:      movb $0xfe, %al
+6:
+#ifdef WAIT
+        cli
+9:      hlt
+        jmp 9b
+#endif
+        movb $0xfe, %al
         outb %al, $0x64
 7:      hlt
         jmp 7b
