@@ -153,14 +153,23 @@ impl Cri {
 
     /// `RunPodSandbox` with the default handler; returns the pod id.
     pub async fn run_pod(&self, config: v1::PodSandboxConfig) -> Result<String> {
+        self.run_pod_with(config, "").await
+    }
+
+    /// `RunPodSandbox` with runtime handler `handler` (empty: the default); returns the pod id.
+    pub async fn run_pod_with(
+        &self,
+        config: v1::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String> {
         let r = self
             .runtime()
             .run_pod_sandbox(req(v1::RunPodSandboxRequest {
                 config: Some(config),
-                runtime_handler: String::new(),
+                runtime_handler: handler.into(),
             }))
             .await
-            .context("RunPodSandbox")?;
+            .with_context(|| format!("RunPodSandbox (handler {handler:?})"))?;
         Ok(r.into_inner().pod_sandbox_id)
     }
 
@@ -241,6 +250,64 @@ impl Cri {
             .await
             .with_context(|| format!("StartContainer {id}"))?;
         Ok(())
+    }
+
+    /// `RemoveContainer`.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        self.runtime()
+            .remove_container(req(v1::RemoveContainerRequest {
+                container_id: id.into(),
+            }))
+            .await
+            .with_context(|| format!("RemoveContainer {id}"))?;
+        Ok(())
+    }
+
+    /// `ContainerStatus`: the status (state, exit code, reason, message, ...).
+    pub async fn container_status(&self, id: &str) -> Result<v1::ContainerStatus> {
+        self.runtime()
+            .container_status(req(v1::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            }))
+            .await
+            .with_context(|| format!("ContainerStatus {id}"))?
+            .into_inner()
+            .status
+            .with_context(|| format!("ContainerStatus {id}: no status"))
+    }
+
+    /// `ContainerStats`: the working set in bytes, when reported.
+    pub async fn container_working_set(&self, id: &str) -> Result<Option<u64>> {
+        let st = self
+            .runtime()
+            .container_stats(req(v1::ContainerStatsRequest {
+                container_id: id.into(),
+            }))
+            .await
+            .with_context(|| format!("ContainerStats {id}"))?
+            .into_inner()
+            .stats;
+        Ok(st
+            .and_then(|s| s.memory)
+            .and_then(|m| m.working_set_bytes)
+            .map(|v| v.value))
+    }
+
+    /// `GetContainerEvents`: the event stream (no deadline; it lasts until dropped).
+    pub async fn container_events(
+        &self,
+    ) -> std::result::Result<tonic::Streaming<v1::ContainerEventResponse>, tonic::Status> {
+        Ok(self
+            .runtime()
+            .get_container_events(v1::GetEventsRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The underlying channel (for services other than CRI on the same socket).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// `ListContainers` (no filter): (id, pod id, state) of every container.

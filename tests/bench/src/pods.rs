@@ -31,7 +31,7 @@ const PAUSE_CMD: [&str; 2] = ["/bin/sleep", "2147483647"];
 /// The workload of every container.
 const WORKLOAD_CMD: [&str; 2] = ["sleep", "3600"];
 /// Kubernetes namespace of the benchmark's pods.
-const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 /// How long a runtime may take to drop its per-pod processes (unicri's keeper exits ~2 s after
 /// its last container; containerd's shims exit once their pod is removed).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -74,21 +74,21 @@ fn unique(prefix: &str, kind: Kind) -> (String, String) {
 
 /// One runtime's pod network: its own bridge, /24 and IPAM data dir.
 #[derive(Clone, Debug)]
-struct Net {
+pub(crate) struct Net {
     /// Network name in the conflist.
-    name: String,
+    pub(crate) name: String,
     /// Bridge device.
-    bridge: String,
+    pub(crate) bridge: String,
     /// First three octets of the /24.
-    subnet: String,
+    pub(crate) subnet: String,
     /// `net.d/` (the conflist).
-    conf_dir: PathBuf,
+    pub(crate) conf_dir: PathBuf,
     /// host-local's data dir.
-    ipam_dir: PathBuf,
+    pub(crate) ipam_dir: PathBuf,
 }
 
 impl Net {
-    fn new(kind: Kind, work: &Path) -> Result<Net> {
+    pub(crate) fn new(kind: Kind, work: &Path) -> Result<Net> {
         let (bridge, subnet) = match kind {
             Kind::Unicri => ("ubench-unicri", "10.253.0"),
             Kind::Containerd => ("ubench-ctrd", "10.254.0"),
@@ -114,7 +114,7 @@ impl Net {
     }
 
     /// The conflist: the same for both runtimes except the name, bridge, subnet and data dir.
-    fn conflist(&self) -> String {
+    pub(crate) fn conflist(&self) -> String {
         format!(
             r#"{{
   "cniVersion": "1.0.0",
@@ -133,14 +133,14 @@ impl Net {
         )
     }
 
-    fn veths(&self) -> usize {
+    pub(crate) fn veths(&self) -> usize {
         std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge))
             .map(|d| d.count())
             .unwrap_or(0)
     }
 
     /// Addresses host-local still holds (files named after an IP in its data dir).
-    fn reserved_ips(&self) -> Vec<String> {
+    pub(crate) fn reserved_ips(&self) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(self.ipam_dir.join(&self.name)) else {
             return Vec::new();
         };
@@ -185,7 +185,7 @@ fn namespaces() -> v1::NamespaceOption {
 }
 
 /// A kubelet-like pod config (BestEffort pod, cgroupfs, no cgroup parent).
-fn pod_config(logs: &Path, name: &str, uid: &str) -> v1::PodSandboxConfig {
+pub(crate) fn pod_config(logs: &Path, name: &str, uid: &str) -> v1::PodSandboxConfig {
     let labels = [
         ("io.kubernetes.pod.name", name),
         ("io.kubernetes.pod.namespace", NAMESPACE),
@@ -232,7 +232,7 @@ fn pod_config(logs: &Path, name: &str, uid: &str) -> v1::PodSandboxConfig {
 }
 
 /// A kubelet-like container config: `sleep 3600`, BestEffort resources.
-fn container_config(image: &str, pod: &v1::PodSandboxConfig) -> v1::ContainerConfig {
+pub(crate) fn container_config(image: &str, pod: &v1::PodSandboxConfig) -> v1::ContainerConfig {
     let mut labels = pod.labels.clone();
     labels.insert("io.kubernetes.container.name".into(), "main".into());
     v1::ContainerConfig {
@@ -518,7 +518,7 @@ async fn wait_idle(rt: &Rt) -> Result<Duration> {
 }
 
 /// Which runtime goes first in round `i`.
-fn order(n: usize, i: usize) -> Vec<usize> {
+pub(crate) fn order(n: usize, i: usize) -> Vec<usize> {
     let mut o: Vec<usize> = (0..n).collect();
     if i % 2 == 1 {
         o.reverse();
@@ -765,7 +765,7 @@ fn busybox_tar() -> Result<Vec<u8>> {
 }
 
 /// Builds and pushes the busybox image (`sh`) and the pause image (same layer).
-async fn push_images(reg: &Registry) -> Result<(String, String)> {
+pub(crate) async fn push_images(reg: &Registry) -> Result<(String, String)> {
     let (busybox, pause) = tokio::task::spawn_blocking(|| -> Result<_> {
         let layer = Layer::from_tar(busybox_tar()?, Compression::Gzip)?;
         let base = || {
@@ -908,6 +908,7 @@ async fn start_runtimes(
         let extras = Extras {
             cni: Some((net.conf_dir.clone(), args.cni_bin_dir.clone())),
             sandbox_image: Some(pause.to_string()),
+            env: Vec::new(),
         };
         eprintln!("starting {kind} ({})", bin.display());
         let mut d = Daemon::start_with(kind, &bin, work, hosts_dir, &extras).await?;
@@ -1181,7 +1182,7 @@ async fn leak_checks(rts: &[Rt], res: &mut Results) {
 }
 
 /// `/sys/fs/cgroup/<hierarchy>/k8s.io` directories that exist.
-fn k8s_io_cgroups() -> Vec<PathBuf> {
+pub(crate) fn k8s_io_cgroups() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
         .map(|rd| rd.flatten().map(|e| e.path().join("k8s.io")).collect())
         .unwrap_or_default();
@@ -1191,7 +1192,7 @@ fn k8s_io_cgroups() -> Vec<PathBuf> {
 }
 
 /// Cgroup directories (any hierarchy, up to 4 levels deep) whose name contains one of `ids`.
-fn cgroups_named_after(ids: &HashSet<String>) -> Vec<String> {
+pub(crate) fn cgroups_named_after(ids: &HashSet<String>) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
     while let Some((dir, depth)) = stack.pop() {

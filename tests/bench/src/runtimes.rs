@@ -51,6 +51,8 @@ pub struct Extras {
     pub cni: Option<(PathBuf, PathBuf)>,
     /// containerd's `sandbox_image` (the pause image). Ignored for unicri, which has no pause.
     pub sandbox_image: Option<String>,
+    /// Environment variables of the daemon (e.g. `UNICRI_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running daemon.
@@ -140,6 +142,7 @@ impl Daemon {
             bin.display()
         );
         let out = std::fs::File::create(&log)?;
+        cmd.envs(extras.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
