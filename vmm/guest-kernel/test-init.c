@@ -5,15 +5,16 @@
  *
  *   UNICRI-GUEST-INIT
  *   check <name> ok|FAIL <detail>
+ *   net: <interfaces>
  *   UNICRI-GUEST-DONE <failures>
  *
  * Run as an ordinary process (not pid 1) it mounts nothing and does not reboot, so it can be
  * tried on the host. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
-#include <linux/bpf.h>
-#include <sys/syscall.h>
 #include <fcntl.h>
+#include <linux/bpf.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -138,7 +140,8 @@ int main(void) {
 
     if (!pid1) {
         int prog = load_device_filter();
-        check("bpf-prog-load", prog >= 0, prog >= 0 ? "BPF_PROG_TYPE_CGROUP_DEVICE" : strerror(errno));
+        check("bpf-prog-load", prog >= 0,
+              prog >= 0 ? "BPF_PROG_TYPE_CGROUP_DEVICE" : strerror(errno));
     }
 
     if (pid1) {
@@ -177,6 +180,18 @@ int main(void) {
         } else {
             check("virtio-blk", 0, strerror(errno));
         }
+    }
+
+    /* informational: a virtio-net device shows up as eth0 (the test attaches none) */
+    DIR *d = opendir("/sys/class/net");
+    if (d) {
+        struct dirent *e;
+        say("net:");
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.')
+                say(" %s", e->d_name);
+        say("\n");
+        closedir(d);
     }
 
     say("UNICRI-GUEST-DONE %d\n", failures);

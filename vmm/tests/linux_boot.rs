@@ -1,8 +1,9 @@
 //! Boots the project's guest kernel (`scripts/build-guest-kernel`, ADR 0009) on real KVM with an
 //! initramfs built here: its init (`guest-kernel/test-init.c`, compiled with `gcc -static`)
-//! checks what a container guest agent relies on (erofs, overlay, ext4, cgroup v2 controllers and
-//! BPF device filters, namespaces, AF_VSOCK, a virtio-blk drive from the command line), prints one line per check on
-//! the 8250 console, and reboots: the VM must end with [`VmExit::Reset`].
+//! checks what a container guest agent relies on (erofs, overlay, ext4, cgroup v2 controllers
+//! and BPF device filters, namespaces, AF_VSOCK, a virtio-blk drive from the command line),
+//! prints one line per check on the 8250 console, and reboots: the VM must end with
+//! [`VmExit::Reset`].
 //!
 //! The kernel: `$UNICRI_GUEST_KERNEL`, else the newest `*/vmlinux` in the build cache
 //! (`$UNICRI_KERNEL_CACHE`, default `/var/cache/unicri/guest-kernel`).
