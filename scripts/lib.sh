@@ -21,7 +21,7 @@ apt_install() {
 }
 
 # Packages to build and run the daemon.
-RUNTIME_PACKAGES=(ca-certificates pkg-config libssl-dev gcc libseccomp-dev containernetworking-plugins iptables)
+RUNTIME_PACKAGES=(ca-certificates pkg-config libssl-dev gcc libseccomp-dev containernetworking-plugins iptables iproute2 erofs-utils)
 # Extra packages for the test suite: a real registry, htpasswd, busybox for test images, CNI plugins.
 TEST_PACKAGES=(docker-registry apache2-utils busybox openssl curl procps util-linux libc-bin iproute2 containernetworking-plugins iptables)
 

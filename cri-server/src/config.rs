@@ -99,10 +99,11 @@ pub struct CniConfig {
 }
 
 /// The backend families a runtime handler can use.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// Namespaces + cgroups through libcontainer.
+    #[default]
     Linux,
     /// A kernel of its own per pod.
     Vm,
@@ -111,11 +112,40 @@ pub enum Backend {
 }
 
 /// `[runtimes.<handler>]`
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Which backend serves pods of this handler.
     pub backend: Backend,
+    /// `vm` only: the guest engine (default: `kvm` where /dev/kvm is hardware KVM and a guest
+    /// kernel is built, else `uml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<VmEngine>,
+    /// `vm` only: the guest kernel — for `uml` the user-mode-Linux `linux` executable, for
+    /// `kvm` a `vmlinux` (default: the newest build of `scripts/build-guest-kernel [uml]` in
+    /// `/var/cache/unicri/{uml,guest}-kernel/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// `vm` only: the guest agent binary (default: `unicri-vm-agent` next to `unicri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<PathBuf>,
+    /// `vm` only: guest memory in MiB for a pod that sets no memory limit (default 256); a
+    /// pod's limits plus overhead size it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_mib: Option<u64>,
+    /// `vm` only: vCPUs for a pod that sets no CPU limit (default 1; `uml` has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+}
+
+/// The guest engines of the `vm` backend.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VmEngine {
+    /// A user-mode-Linux kernel process per pod.
+    Uml,
+    /// A KVM microVM on `unicri-vmm` per pod.
+    Kvm,
 }
 
 impl Default for Config {
@@ -125,8 +155,15 @@ impl Default for Config {
             ("linux", Backend::Linux),
             ("runc", Backend::Linux),
             ("wasm", Backend::Wasm),
+            ("vm", Backend::Vm),
         ] {
-            runtimes.insert(name.to_string(), RuntimeConfig { backend });
+            runtimes.insert(
+                name.to_string(),
+                RuntimeConfig {
+                    backend,
+                    ..RuntimeConfig::default()
+                },
+            );
         }
         Self {
             root: PathBuf::from(DEFAULT_ROOT),
@@ -278,6 +315,12 @@ impl Config {
         }
         self.runtimes.get(handler).map(|r| r.backend)
     }
+
+    /// The `[runtimes.<handler>]` table of a handler.
+    pub fn runtime(&self, handler: &str) -> Option<&RuntimeConfig> {
+        self.runtimes
+            .get(if handler.is_empty() { "linux" } else { handler })
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +353,8 @@ conf_dir = "/etc/cni/net.d"
 bin_dirs = ["/usr/lib/cni"]
 [runtimes.kata]
 backend = "vm"
+engine = "uml"
+mem_mib = 128
 [runtimes.spin]
 backend = "wasm"
 "#,
@@ -318,6 +363,12 @@ backend = "wasm"
         .unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/unicri"));
         assert_eq!(c.backend_for("kata"), Some(Backend::Vm));
+        assert_eq!(
+            c.runtime("kata").and_then(|r| r.engine),
+            Some(VmEngine::Uml)
+        );
+        assert_eq!(c.runtime("kata").and_then(|r| r.mem_mib), Some(128));
+        assert_eq!(c.backend_for("vm"), Some(Backend::Vm));
         assert_eq!(c.backend_for("spin"), Some(Backend::Wasm));
         assert_eq!(
             c.registry.credentials_file,

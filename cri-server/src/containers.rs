@@ -51,6 +51,11 @@ impl ContainerBackendState {
     pub fn is_wasm(&self) -> bool {
         self.backend == "wasm"
     }
+
+    /// Whether the keeper inside a `vm` pod's guest runs this container.
+    pub fn is_vm(&self) -> bool {
+        self.backend == "vm"
+    }
 }
 
 /// A stored container with its decoded config and state.
@@ -147,14 +152,15 @@ impl Containers {
             while let Some(id) = rx.recv().await {
                 let Some(me) = this.upgrade() else { return };
                 tokio::spawn(async move {
-                    let wasm = match me.store.container(&id).await {
-                        Ok(Some(row)) => Self::decode(row).is_ok_and(|c| c.state.is_wasm()),
-                        _ => false,
-                    };
-                    let keeper = if wasm {
-                        me.wasm_keeper.clone()
-                    } else {
-                        me.keeper.clone()
+                    let keeper = match me.store.container(&id).await {
+                        Ok(Some(row)) => match Self::decode(row) {
+                            Ok(c) => match me.keeper_for(&c.state, &c.row.pod_id).await {
+                                Ok(k) => k,
+                                Err(_) => return,
+                            },
+                            Err(_) => return,
+                        },
+                        _ => return,
                     };
                     // a keeper restart ends the wait early: wait again while it runs
                     loop {
@@ -215,12 +221,22 @@ impl Containers {
         })
     }
 
-    /// The keeper that runs a container of this state.
-    fn keeper_of(&self, state: &ContainerBackendState) -> &KeeperClient {
+    /// The keeper that runs a container of this state (for `vm`: the one in its pod's guest).
+    async fn keeper_for(
+        &self,
+        state: &ContainerBackendState,
+        pod_id: &str,
+    ) -> Result<KeeperClient, CriError> {
         if state.is_wasm() {
-            &self.wasm_keeper
+            Ok(self.wasm_keeper.clone())
+        } else if state.is_vm() {
+            let pod = self.pods.resolve(pod_id).await?;
+            Ok(self
+                .pods
+                .vm
+                .keeper(pod_id, pod.as_ref().and_then(|p| p.state.vm.as_ref())))
         } else {
-            &self.keeper
+            Ok(self.keeper.clone())
         }
     }
 
@@ -250,7 +266,8 @@ impl Containers {
         };
         let mut c = Self::decode(row)?;
         let info = self
-            .keeper_of(&c.state)
+            .keeper_for(&c.state, &c.row.pod_id)
+            .await?
             .state(&c.row.id)
             .await
             .map_err(|e| CriError::from_classified("ask the keeper", &e))?;
@@ -268,7 +285,10 @@ impl Containers {
             .into_iter()
             .map(Self::decode)
             .collect::<Result<Vec<_>, _>>()?;
-        let infos = if decoded.iter().any(|c| !c.state.is_wasm()) {
+        let infos = if decoded
+            .iter()
+            .any(|c| !c.state.is_wasm() && !c.state.is_vm())
+        {
             self.keeper
                 .list()
                 .await
@@ -284,10 +304,27 @@ impl Containers {
         } else {
             Vec::new()
         };
+        // each vm pod's guest keeper, asked once
+        let mut vm_infos: std::collections::HashMap<String, Vec<ContainerInfo>> =
+            std::collections::HashMap::new();
+        for c in decoded.iter().filter(|c| c.state.is_vm()) {
+            if vm_infos.contains_key(&c.row.pod_id) {
+                continue;
+            }
+            let list = self
+                .keeper_for(&c.state, &c.row.pod_id)
+                .await?
+                .list()
+                .await
+                .map_err(|e| CriError::from_classified("ask the guest keeper", &e))?;
+            vm_infos.insert(c.row.pod_id.clone(), list);
+        }
         let mut out = Vec::with_capacity(decoded.len());
         for mut c in decoded {
             let from = if c.state.is_wasm() {
                 &wasm_infos
+            } else if c.state.is_vm() {
+                vm_infos.get(&c.row.pod_id).unwrap_or(&infos)
             } else {
                 &infos
             };
@@ -442,6 +479,11 @@ impl Containers {
             .await;
         if let Err(e) = &result {
             tracing::info!(container_id = %id, error = %e.message, "create container failed; rolling back");
+            if self.pods.backend_of(&pod.row.handler) == Some(Backend::Vm)
+                && let Err(cleanup) = self.destroy_vm(&id, &pod.row.id).await
+            {
+                tracing::error!(container_id = %id, error = %cleanup.message, "rollback of a failed container left something in its guest");
+            }
             if let Err(cleanup) = self.destroy(&id, &dir).await {
                 tracing::error!(container_id = %id, error = %cleanup.message, "rollback of a failed container left something behind");
             }
@@ -475,6 +517,7 @@ impl Containers {
             )
         })?;
         let wasm = self.pods.backend_of(&pod.row.handler) == Some(Backend::Wasm);
+        let vm = self.pods.backend_of(&pod.row.handler) == Some(Backend::Vm);
         let pod_spec = crate::pods::pod_spec(&pod.row.id, &pod.config)?;
         let pod_cgroup = linux_pod
             .cgroup
@@ -494,11 +537,40 @@ impl Containers {
             .map_err(|e| internal("mount rootfs", e))?
             .map_err(|e| mount_err("mount container rootfs", e))?;
 
+        let mut bundle = dir.to_path_buf();
+        let mut log_path = (!spec.log_path.is_empty()).then(|| PathBuf::from(&spec.log_path));
         let (stop_signal, keeper, cgroup_dirs) = if wasm {
             let signal = self
                 .build_wasm(dir, pod, &pod_spec, spec, image_config, &overlay.target)
                 .await?;
-            (signal, &self.wasm_keeper, Vec::new())
+            (signal, self.wasm_keeper.clone(), Vec::new())
+        } else if vm {
+            let built = self
+                .build_vm(
+                    id,
+                    dir,
+                    pod,
+                    &pod_spec,
+                    spec,
+                    image_config,
+                    image,
+                    &overlay.target,
+                )
+                .await?;
+            bundle = PathBuf::from(built.bundle);
+            log_path = Some(PathBuf::from(built.log_path));
+            (
+                built.stop_signal,
+                self.keeper_for(
+                    &ContainerBackendState {
+                        backend: "vm".into(),
+                        ..Default::default()
+                    },
+                    &pod.row.id,
+                )
+                .await?,
+                vec![PathBuf::from(built.cgroup_dir)],
+            )
         } else {
             let pid_ns = self.pid_namespace(pod, spec).await?;
             let (s, ic, ps, lp, netns, rootfs, cg) = (
@@ -543,7 +615,7 @@ impl Containers {
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default();
-            (signal, &self.keeper, cgroup_dirs)
+            (signal, self.keeper.clone(), cgroup_dirs)
         };
 
         let state = ContainerBackendState {
@@ -556,14 +628,24 @@ impl Containers {
                 .cloned()
                 .unwrap_or_else(|| image.row.id.clone()),
             stop_signal,
-            cgroups_path: cgroups_path.clone(),
-            backend: if wasm { "wasm".into() } else { String::new() },
+            cgroups_path: if vm {
+                unicri_vm_agent::proto::paths::cgroup(id)
+            } else {
+                cgroups_path.clone()
+            },
+            backend: if wasm {
+                "wasm".into()
+            } else if vm {
+                "vm".into()
+            } else {
+                String::new()
+            },
         };
         let info = keeper
             .create(CreateRequest {
                 id: id.to_string(),
-                bundle: dir.to_path_buf(),
-                log_path: (!spec.log_path.is_empty()).then(|| PathBuf::from(&spec.log_path)),
+                bundle,
+                log_path,
                 oom_score_adj: spec.resources.oom_score_adj,
                 cgroup_dirs,
                 stdin: spec.stdin,
@@ -572,6 +654,15 @@ impl Containers {
             })
             .await
             .map_err(|e| CriError::from_classified("create container", &e))?;
+        if vm
+            && let Some(rec) = self
+                .pods
+                .resolve(&pod.row.id)
+                .await?
+                .and_then(|p| p.state.vm)
+        {
+            self.pods.vm.relay_logs(&rec, id, Path::new(&spec.log_path));
+        }
         crate::crashpoint::crashpoint("create_container:before_record");
         let row = ContainerRow {
             id: id.to_string(),
@@ -661,6 +752,266 @@ impl Containers {
         .map_err(|e| internal("build wasm spec", e))?
     }
 
+    /// The `vm` part of CreateContainer: the OCI spec is built as for `linux` but with the
+    /// guest's paths (the pod's pins, files and shm in the guest, the guest cgroup, a rootfs
+    /// the agent mounts from the image's block image plus a writable layer); CRI mounts are
+    /// copied in. The host overlay (`rootfs`) only serves the user lookup and is removed here.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_vm(
+        &self,
+        id: &str,
+        dir: &Path,
+        pod: &StoredPod,
+        pod_spec: &unicri_sandbox::pod::PodSpec,
+        spec: &ContainerSpec,
+        image_config: &unicri_sandbox::container::ImageConfig,
+        image: &crate::images::StoredImage,
+        rootfs: &Path,
+    ) -> Result<VmBuilt, CriError> {
+        use unicri_vm_agent::proto::{self, paths};
+        if !spec.devices.is_empty() {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "host devices ({}) cannot be passed into a vm pod's guest",
+                    spec.devices
+                        .iter()
+                        .map(|d| d.host_path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let linux_pod = pod.state.linux.clone().unwrap_or_default();
+        let mounts = spec.mounts.clone();
+        let cid = id.to_string();
+        let copies = tokio::task::spawn_blocking(move || crate::vm::plan_mounts(&cid, &mounts))
+            .await
+            .map_err(|e| internal("copy mounts", e))??;
+        let pid_ns = self.pid_namespace(pod, spec).await?;
+        let guest_pod = unicri_runtime_linux::PodState {
+            pod_dir: PathBuf::from(paths::POD_DIR),
+            ipc_pin: Some(PathBuf::from(format!("{}/ipc", paths::NS_DIR))),
+            uts_pin: Some(PathBuf::from(format!("{}/uts", paths::NS_DIR))),
+            shm: Some(PathBuf::from(format!("{}/shm", paths::POD_DIR))),
+            hostname: linux_pod.hostname.clone(),
+            hostname_file: linux_pod
+                .hostname_file
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{}/hostname", paths::POD_DIR))),
+            hosts_file: linux_pod
+                .hosts_file
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{}/hosts", paths::POD_DIR))),
+            resolv_conf: linux_pod
+                .resolv_conf
+                .as_ref()
+                .map(|_| PathBuf::from(format!("{}/resolv.conf", paths::POD_DIR))),
+            cgroup: None,
+        };
+        let (s, ic, ps, root, cid) = (
+            spec.clone(),
+            image_config.clone(),
+            pod_spec.clone(),
+            rootfs.to_path_buf(),
+            id.to_string(),
+        );
+        let map = copies.map.clone();
+        let (config_json, stop_signal) = tokio::task::spawn_blocking(move || {
+            let netns = PathBuf::from(format!("{}/net", paths::NS_DIR));
+            let inputs = unicri_runtime_linux::spec::SpecInputs {
+                container: &s,
+                image: &ic,
+                pod: &ps,
+                pod_state: &guest_pod,
+                netns: Some(&netns),
+                rootfs: &root,
+                cgroups_path: paths::cgroup(&cid),
+                pid_ns: pid_ns.as_deref(),
+            };
+            let mut built = unicri_runtime_linux::spec::build(&inputs)
+                .map_err(|e| CriError::from_classified("build container spec", &e))?;
+            if let Some(r) = built.spec.root_mut() {
+                r.set_path(PathBuf::from(paths::rootfs(&cid)));
+            }
+            if let Some(ms) = built.spec.mounts_mut() {
+                for m in ms.iter_mut() {
+                    if let Some(guest) = m.source().as_ref().and_then(|src| map.get(src)) {
+                        m.set_source(Some(PathBuf::from(guest)));
+                    }
+                }
+            }
+            let json =
+                serde_json::to_string(&built.spec).map_err(|e| internal("encode spec", e))?;
+            Ok::<_, CriError>((json, built.stop_signal))
+        })
+        .await
+        .map_err(|e| internal("build oci spec", e))??;
+        // the host view of the image was only for the user lookup
+        let overlay = OverlayRootfs::under(dir);
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || overlay.remove(&d))
+            .await
+            .map_err(|e| internal("remove host rootfs", e))?
+            .map_err(|e| mount_err("remove the host view of the rootfs", e))?;
+        std::fs::create_dir_all(dir).map_err(|e| internal("make container dir", e))?;
+
+        let key = image.row.id.trim_start_matches("sha256:").to_string();
+        let layers = self.images.service().layer_dirs(&image.record);
+        let block = self.pods.vm.image(&key, layers).await?;
+        let vm = self.pods.vm.clone();
+        let pod_id = pod.row.id.clone();
+        let (device, record) = self
+            .pods
+            .with_vm_record(&pod.row.id, async |rec: &mut crate::vm::VmPodRecord| {
+                let (dev, changed) = vm.attach_image(&pod_id, rec, &key, &block).await?;
+                Ok(((dev, rec.clone()), changed))
+            })
+            .await?;
+        let answer = self
+            .pods
+            .vm
+            .agent(&record)
+            .request(proto::Request::PrepareContainer(proto::PrepareContainer {
+                id: id.to_string(),
+                image_device: device,
+                image_fstype: "erofs".into(),
+                config_json,
+                files: copies.files,
+            }))
+            .await
+            .map_err(|e| CriError::from_classified("prepare the container in its guest", &e))?;
+        match answer {
+            proto::Response::Prepared {
+                bundle,
+                log_path,
+                cgroup_dir,
+            } => Ok(VmBuilt {
+                bundle,
+                log_path,
+                cgroup_dir,
+                stop_signal,
+            }),
+            other => Err(crate::vm::agent_refused(
+                "prepare the container in its guest",
+                other,
+            )),
+        }
+    }
+
+    /// Removes what a container of a `vm` pod has in the guest (keeper record, bundle, log) and
+    /// its log relay. A stopped guest holds nothing. Idempotent.
+    async fn destroy_vm(&self, id: &str, pod_id: &str) -> Result<(), CriError> {
+        let pod = self.pods.resolve(pod_id).await?;
+        let record = pod.and_then(|p| p.state.vm);
+        self.pods
+            .vm
+            .keeper(pod_id, record.as_ref())
+            .delete(id)
+            .await
+            .map_err(|e| CriError::from_classified("delete container in its guest", &e))?;
+        if let Some(rec) = &record
+            && unicri_runtime_vm::engine::alive(&rec.engine)
+        {
+            let answer = self
+                .pods
+                .vm
+                .agent(rec)
+                .request(unicri_vm_agent::proto::Request::RemoveContainer { id: id.into() })
+                .await
+                .map_err(|e| CriError::from_classified("remove the container in its guest", &e))?;
+            if answer != unicri_vm_agent::proto::Response::Ok {
+                return Err(crate::vm::agent_refused(
+                    "remove the container in its guest",
+                    answer,
+                ));
+            }
+        }
+        self.pods.vm.forget_container(id).await;
+        Ok(())
+    }
+
+    /// [`Self::destroy_vm`] for a container that has a row.
+    async fn destroy_in_guest(&self, id: &str, _dir: &Path) -> Result<(), CriError> {
+        let Some(row) = self.store.container(id).await? else {
+            return Ok(());
+        };
+        let c = Self::decode(row)?;
+        if !c.state.is_vm() {
+            return Ok(());
+        }
+        self.destroy_vm(id, &c.row.pod_id).await
+    }
+
+    /// Fills `usage` of the running containers of vm pods from their guests (one agent call
+    /// per pod): CPU time and memory from the guest cgroups.
+    pub async fn with_guest_usage(&self, cs: &mut [StoredContainer]) {
+        let mut pods: Vec<String> = cs
+            .iter()
+            .filter(|c| c.state.is_vm() && c.row.state == ContainerState::Running.as_str())
+            .map(|c| c.row.pod_id.clone())
+            .collect();
+        pods.dedup();
+        for pod_id in pods {
+            let Ok(Some(rec)) = self
+                .pods
+                .resolve(&pod_id)
+                .await
+                .map(|p| p.and_then(|p| p.state.vm))
+            else {
+                continue;
+            };
+            let ids: Vec<String> = cs
+                .iter()
+                .filter(|c| c.row.pod_id == pod_id)
+                .map(|c| c.row.id.clone())
+                .collect();
+            let Ok(unicri_vm_agent::proto::Response::Stats(stats)) = self
+                .pods
+                .vm
+                .agent(&rec)
+                .request(unicri_vm_agent::proto::Request::Stats { ids })
+                .await
+            else {
+                continue;
+            };
+            for c in cs.iter_mut().filter(|c| c.row.pod_id == pod_id) {
+                if let Some(u) = stats.containers.get(&c.row.id) {
+                    c.usage = Some(Usage {
+                        cpu_ns: u.cpu_ns,
+                        memory_bytes: u.memory_working_set,
+                        memory_max_bytes: u.memory_usage,
+                        memory_limit_bytes: u64::try_from(
+                            c.state.spec.resources.memory_limit_in_bytes,
+                        )
+                        .unwrap_or(0),
+                    });
+                }
+            }
+        }
+    }
+
+    /// After a restart: the log relays of the containers of running vm pods.
+    pub async fn resume_vm_relays(&self) -> Result<(), CriError> {
+        for row in self.store.list_containers(None).await? {
+            let Ok(c) = Self::decode(row) else { continue };
+            if !c.state.is_vm() || c.state.spec.log_path.is_empty() {
+                continue;
+            }
+            if let Some(rec) = self
+                .pods
+                .resolve(&c.row.pod_id)
+                .await?
+                .and_then(|p| p.state.vm)
+            {
+                self.pods
+                    .vm
+                    .relay_logs(&rec, &c.row.id, Path::new(&c.state.spec.log_path));
+            }
+        }
+        Ok(())
+    }
+
     /// The PID namespace a container joins: the pod init's (POD) or the target container's
     /// (TARGET); `None` for a namespace of its own or the node's.
     async fn pid_namespace(
@@ -686,7 +1037,8 @@ impl Containers {
                     CriError::not_found(format!("target container {target} not found"))
                 })?;
                 let info = self
-                    .keeper
+                    .keeper_for(&t.state, &t.row.pod_id)
+                    .await?
                     .state(&t.row.id)
                     .await
                     .map_err(|e| CriError::from_classified("ask the keeper", &e))?
@@ -706,6 +1058,7 @@ impl Containers {
     /// Removes the keepers' container and the container directory. Idempotent. Both keepers are
     /// asked (a keeper that does not run holds nothing and is not started for this).
     async fn destroy(&self, id: &str, dir: &Path) -> Result<(), CriError> {
+        self.destroy_in_guest(id, dir).await?;
         for keeper in [&self.keeper, &self.wasm_keeper] {
             keeper
                 .delete(id)
@@ -818,7 +1171,8 @@ impl Containers {
             ));
         }
         let info = self
-            .keeper_of(&c.state)
+            .keeper_for(&c.state, &c.row.pod_id)
+            .await?
             .start(&c.row.id)
             .await
             .map_err(|e| CriError::from_classified("start container", &e))?;
@@ -851,7 +1205,7 @@ impl Containers {
         };
         let kerr =
             |e: unicri_runtime_linux::LinuxError| CriError::from_classified("stop container", &e);
-        let keeper = self.keeper_of(&c.state).clone();
+        let keeper = self.keeper_for(&c.state, &c.row.pod_id).await?;
         if timeout > 0 && c.state.is_wasm() {
             // a module cannot handle a signal: the stop signal ends it at once
             keeper.kill(&cid, signal, false).await.map_err(kerr)?;
@@ -940,8 +1294,11 @@ impl Containers {
         if cmd.is_empty() {
             return Err(CriError::invalid("exec needs a command"));
         }
-        let (id, _) = self.running(id).await?;
-        self.keeper
+        let c = self.running_container(id).await?;
+        self.running(&c.row.id).await?;
+        let id = c.row.id.clone();
+        self.keeper_for(&c.state, &c.row.pod_id)
+            .await?
             .exec(ExecRequest {
                 id,
                 argv: cmd,
@@ -962,7 +1319,14 @@ impl Containers {
         tty: bool,
         stdin: bool,
     ) -> Result<KeeperSession, CriError> {
-        self.keeper
+        let keeper = match self.store.container(id).await? {
+            Some(row) => {
+                let c = Self::decode(row)?;
+                self.keeper_for(&c.state, &c.row.pod_id).await?
+            }
+            None => self.keeper.clone(),
+        };
+        keeper
             .stream(&Request::ExecStream(ExecStreamRequest {
                 id: id.to_string(),
                 argv: cmd,
@@ -975,7 +1339,14 @@ impl Containers {
 
     /// A keeper session joined to the stdio of the running container `id` (CRI Attach).
     pub async fn open_attach(&self, id: &str, stdin: bool) -> Result<KeeperSession, CriError> {
-        self.keeper
+        let keeper = match self.store.container(id).await? {
+            Some(row) => {
+                let c = Self::decode(row)?;
+                self.keeper_for(&c.state, &c.row.pod_id).await?
+            }
+            None => self.keeper.clone(),
+        };
+        keeper
             .stream(&Request::Attach {
                 id: id.to_string(),
                 stdin,
@@ -1041,6 +1412,12 @@ impl Containers {
                 ),
             ));
         }
+        if c.state.is_vm() {
+            return Err(CriError::unimplemented(
+                "UpdateContainerResources of a container in a vm pod",
+                "its guest cgroup is not updated from the host yet",
+            ));
+        }
         if c.state.is_wasm() {
             return Err(CriError::unimplemented(
                 "UpdateContainerResources of a WebAssembly container",
@@ -1063,11 +1440,24 @@ impl Containers {
     /// `ReopenContainerLog`.
     pub async fn reopen_log(&self, id: &str) -> Result<(), CriError> {
         let c = self.running_container(id).await?;
-        self.keeper_of(&c.state)
+        if c.state.is_vm() {
+            // the host file is written by the log relay, which opens it for every write
+            return Ok(());
+        }
+        self.keeper_for(&c.state, &c.row.pod_id)
+            .await?
             .reopen_log(&c.row.id)
             .await
             .map_err(|e| CriError::from_classified("reopen container log", &e))
     }
+}
+
+/// What [`Containers::build_vm`] made.
+struct VmBuilt {
+    bundle: String,
+    log_path: String,
+    cgroup_dir: String,
+    stop_signal: i32,
 }
 
 /// Bind-mounts a file mount of a WebAssembly container onto its place in the rootfs (made as an

@@ -156,10 +156,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         KEEPER_IDLE_EXIT_MS,
     )
     .with_command("wasm-keeper");
+    let vm = Arc::new(crate::vm::VmBackend::new(config.clone()));
     let pods = Arc::new(crate::pods::Pods::new(
         config.clone(),
         store.clone(),
         keeper.clone(),
+        vm,
     ));
     let containers = Arc::new(crate::containers::Containers::new(
         &config.root,
@@ -176,6 +178,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .watch_exits()
         .await
         .map_err(|e| anyhow::anyhow!("watch container exits: {}", e.message))?;
+    containers
+        .resume_vm_relays()
+        .await
+        .map_err(|e| anyhow::anyhow!("resume vm log relays: {}", e.message))?;
     let stream_addr: std::net::SocketAddr = config
         .streaming
         .address

@@ -20,6 +20,7 @@ mod reserve;
 mod rpc;
 mod server;
 mod streaming;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -44,6 +44,9 @@ pub struct PodBackendState {
     /// `pod-<id>`); containers join `/proc/<pid>/ns/pid`.
     #[serde(default)]
     pub pid_init: Option<i32>,
+    /// A `vm` pod's guest (engine process, attached images); `None` once stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<crate::vm::VmPodRecord>,
 }
 
 /// A stored pod with its decoded config and state.
@@ -65,6 +68,8 @@ pub struct Pods {
     pods_dir: PathBuf,
     netns_dir: PathBuf,
     keeper: unicri_runtime_linux::keeper::KeeperClient,
+    /// The `vm` backend.
+    pub vm: Arc<crate::vm::VmBackend>,
     /// One lock per pod id: stop and remove of one pod are serialized, different pods run in
     /// parallel (run holds only its name, see `names`).
     locks:
@@ -255,6 +260,7 @@ impl Pods {
         config: Arc<Config>,
         store: Store,
         keeper: unicri_runtime_linux::keeper::KeeperClient,
+        vm: Arc<crate::vm::VmBackend>,
     ) -> Self {
         let cni = Cni::new(CniOptions::new(
             config.cni.conf_dir.clone(),
@@ -267,6 +273,7 @@ impl Pods {
             pods_dir: config.state.join("pods"),
             netns_dir: config.state.join("netns"),
             keeper,
+            vm,
             config,
             locks: std::sync::Mutex::new(std::collections::HashMap::new()),
             names: crate::reserve::Reservations::default(),
@@ -335,17 +342,20 @@ impl Pods {
                 )));
             }
             // a wasm pod is a linux pod without processes of its own: the same pinned
-            // namespaces, netns + CNI and pod cgroup; its containers are keeper threads
-            Some(Backend::Linux | Backend::Wasm) => {}
-            Some(b) => {
-                return Err(CriError::unimplemented(
-                    &format!("RunPodSandbox with a {b:?} handler"),
-                    "arrives with the vm issue",
-                ));
-            }
+            // namespaces, netns + CNI and pod cgroup; its containers are keeper threads.
+            // A vm pod is one too on the host, plus its guest.
+            Some(Backend::Linux | Backend::Wasm | Backend::Vm) => {}
         }
         let id = unicri_sandbox::id::new_id();
         let spec = pod_spec(&id, &config)?;
+        if self.config.backend_for(handler) == Some(Backend::Vm)
+            && spec.namespaces.network != NamespaceMode::Pod
+        {
+            return Err(CriError::invalid(
+                "a pod on a vm runtime handler cannot use the node's network namespace: its \
+                 guest kernel has a network stack of its own (hostNetwork is not supported)",
+            ));
+        }
         let identity = format!(
             "{}/{}/{}/{}",
             spec.namespace, spec.name, spec.uid, spec.attempt
@@ -419,7 +429,8 @@ impl Pods {
         state.linux = Some(linux.clone());
         // a WebAssembly container has no processes to share a PID namespace with
         let wasm = self.config.backend_for(handler) == Some(Backend::Wasm);
-        if spec.namespaces.pid == PidMode::Pod && !wasm {
+        let vm = self.config.backend_for(handler) == Some(Backend::Vm);
+        if spec.namespaces.pid == PidMode::Pod && !wasm && !vm {
             let init = self
                 .keeper
                 .pod_init(&pod_init_id(&spec.id))
@@ -463,6 +474,9 @@ impl Pods {
                 .map_err(|e| CriError::from_classified("write pod hosts file", &e))?;
             }
         }
+        if vm {
+            self.build_vm(spec, state, &linux, handler).await?;
+        }
         crate::crashpoint::crashpoint("run_pod_sandbox:before_record");
         let backend_state =
             serde_json::to_string(&*state).map_err(|e| internal("encode pod state", e))?;
@@ -490,6 +504,63 @@ impl Pods {
         Ok(())
     }
 
+    /// The `vm` part of RunPodSandbox: the guest, set up with the pod's network, files and
+    /// namespaces; its init for a shared PID namespace lives in the guest.
+    async fn build_vm(
+        &self,
+        spec: &PodSpec,
+        state: &mut PodBackendState,
+        linux: &PodState,
+        handler: &str,
+    ) -> Result<(), CriError> {
+        let netns = state.netns.clone().ok_or_else(|| {
+            CriError::new(
+                ErrorKind::FailedPrecondition,
+                "a vm pod needs its network namespace",
+            )
+        })?;
+        let mut files = std::collections::BTreeMap::new();
+        for (name, path) in [
+            ("hosts", &linux.hosts_file),
+            ("resolv.conf", &linux.resolv_conf),
+            ("hostname", &linux.hostname_file),
+        ] {
+            if let Some(p) = path {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| internal(&format!("read pod file {}", p.display()), e))?;
+                files.insert(name.to_string(), text);
+            }
+        }
+        let setup = unicri_vm_agent::proto::PodSetup {
+            pod_id: spec.id.clone(),
+            hostname: linux.hostname.clone(),
+            files,
+            sysctls: spec.sysctls.clone(),
+            shm_size: spec.shm_size.unwrap_or(0),
+            ..Default::default()
+        };
+        let cgroup_dirs = linux
+            .cgroup
+            .as_ref()
+            .map(|c| c.dirs.clone())
+            .unwrap_or_default();
+        let record = self
+            .vm
+            .start_pod(handler, &spec.id, &netns, &cgroup_dirs, None, setup)
+            .await?;
+        state.vm = Some(record);
+        if spec.namespaces.pid == PidMode::Pod {
+            let init = self
+                .vm
+                .keeper(&spec.id, state.vm.as_ref())
+                .pod_init(&pod_init_id(&spec.id))
+                .await
+                .map_err(|e| CriError::from_classified("start the pod's init in its guest", &e))?;
+            state.pid_init = Some(init.pid);
+        }
+        Ok(())
+    }
+
     /// Tears down the network (and with `all`, the namespaces, files, shm and cgroup). Idempotent.
     async fn teardown(
         &self,
@@ -498,7 +569,12 @@ impl Pods {
         all: bool,
     ) -> Result<(), CriError> {
         let mut first_err: Option<CriError> = None;
-        if state.pid_init.is_some()
+        if let Some(vm) = &state.vm {
+            // the guest (and with it the pod's init and containers) goes first
+            if let Err(e) = self.vm.stop_pod(&spec.id, vm).await {
+                first_err.get_or_insert(e);
+            }
+        } else if state.pid_init.is_some()
             && let Err(e) = self.keeper.delete(&pod_init_id(&spec.id)).await
         {
             first_err.get_or_insert(CriError::from_classified("stop the pod's init", &e));
@@ -545,6 +621,7 @@ impl Pods {
             return Ok(());
         }
         tracing::warn!(pod_id = %id, "rolling back an interrupted RunPodSandbox");
+        self.vm.recover_pod(id).await;
         let p: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
         let pod_dir = p["pod_dir"]
             .as_str()
@@ -645,11 +722,42 @@ impl Pods {
         let state = PodBackendState {
             netns: None,
             pid_init: None,
+            vm: None,
             ..pod.state
         };
         let json = serde_json::to_string(&state).map_err(|e| internal("encode pod state", e))?;
         self.store.update_pod(&pod.row.id, NOT_READY, &json).await?;
         Ok(())
+    }
+
+    /// Stores a changed vm record of a ready pod (an image attached to its guest), under the
+    /// pod's lock; `f` edits the record read under the lock and returns a value.
+    pub async fn with_vm_record<T>(
+        &self,
+        pod_id: &str,
+        f: impl AsyncFnOnce(&mut crate::vm::VmPodRecord) -> Result<(T, bool), CriError>,
+    ) -> Result<T, CriError> {
+        let _g = self.pod_lock(pod_id).await;
+        let pod = self
+            .resolve(pod_id)
+            .await?
+            .ok_or_else(|| CriError::not_found(format!("pod sandbox {pod_id} not found")))?;
+        let mut state = pod.state.clone();
+        let Some(record) = state.vm.as_mut() else {
+            return Err(CriError::new(
+                ErrorKind::FailedPrecondition,
+                format!("pod sandbox {pod_id} has no running guest"),
+            ));
+        };
+        let (value, changed) = f(record).await?;
+        if changed {
+            let json =
+                serde_json::to_string(&state).map_err(|e| internal("encode pod state", e))?;
+            self.store
+                .update_pod(&pod.row.id, &pod.row.state, &json)
+                .await?;
+        }
+        Ok(value)
     }
 
     /// `RemovePodSandbox`: stops the pod if needed and removes everything; idempotent.

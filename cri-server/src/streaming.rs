@@ -168,6 +168,20 @@ impl StreamRuntime for Streams {
             .await
             .map_err(stream_error)?
             .ok_or_else(|| StreamError::NotFound(format!("pod sandbox {pod_id} not found")))?;
+        if let Some(vm) = &pod.state.vm {
+            // the guest's loopback, through its agent
+            return self
+                .pods
+                .vm
+                .agent(vm)
+                .port_forward(port)
+                .await
+                .map_err(|e| {
+                    StreamError::Failed(format!(
+                        "connect to localhost:{port} inside the guest of pod {pod_id}: {e}"
+                    ))
+                });
+        }
         match pod.state.netns.clone() {
             None => dial_loopback(port)
                 .await

@@ -27,6 +27,21 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         "unicri-runtime-wasm",
         BTreeSet::from(["unicri-sandbox", "unicri-runtime-linux"]),
     );
+    // the guest agent runs the linux keeper inside a vm pod's guest
+    m.insert(
+        "unicri-vm-agent",
+        BTreeSet::from(["unicri-sandbox", "unicri-runtime-linux"]),
+    );
+    // the vm backend's host side: the keeper protocol and client, the agent protocol
+    m.insert(
+        "unicri-runtime-vm",
+        BTreeSet::from([
+            "unicri-sandbox",
+            "unicri-mounts",
+            "unicri-runtime-linux",
+            "unicri-vm-agent",
+        ]),
+    );
     m.insert(
         "unicri-cri-server",
         BTreeSet::from([
@@ -37,6 +52,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "unicri-network-cni",
             "unicri-runtime-linux",
             "unicri-runtime-wasm",
+            "unicri-runtime-vm",
+            "unicri-vm-agent",
             "unicri-vmm",
             "unicri-mounts",
             "unicri-streaming",

@@ -97,7 +97,7 @@ pub(crate) fn keeper_usage(
 /// The CRI stats of a container.
 pub(crate) fn stats_of(cri: &Cri, c: &StoredContainer) -> v1::ContainerStats {
     let running = ContainerState::parse(&c.row.state) == ContainerState::Running;
-    let (cpu, memory) = match (&c.usage, c.state.is_wasm()) {
+    let (cpu, memory) = match (&c.usage, c.state.is_wasm() || c.state.is_vm()) {
         (Some(usage), true) => keeper_usage(cri, &c.row.id, usage),
         _ => {
             let (cpu, memory, _) = cgroup_usage(cri, &c.state.cgroups_path, running);
@@ -137,7 +137,9 @@ pub(crate) async fn container_stats(
         .resolve(&req.container_id)
         .await?
         .ok_or_else(|| CriError::not_found(format!("container {} not found", req.container_id)))?;
+    let mut cs = [c];
+    cri.containers.with_guest_usage(&mut cs).await;
     Ok(v1::ContainerStatsResponse {
-        stats: Some(stats_of(cri, &c)),
+        stats: Some(stats_of(cri, &cs[0])),
     })
 }

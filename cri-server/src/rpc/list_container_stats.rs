@@ -19,7 +19,8 @@ async fn filtered(
             Ok(None) | Err(_) => return Ok(vec![]),
         }
     };
-    let all = cri.containers.list(pod.as_deref()).await?;
+    let mut all = cri.containers.list(pod.as_deref()).await?;
+    cri.containers.with_guest_usage(&mut all).await;
     cri.containers.forget_samples(
         &all.iter()
             .map(|c| c.state.cgroups_path.clone())

@@ -13,13 +13,9 @@ pub(crate) async fn pod_stats_of(
     cri: &Cri,
     p: &StoredPod,
 ) -> Result<v1::PodSandboxStats, CriError> {
-    let containers = cri
-        .containers
-        .list(Some(&p.row.id))
-        .await?
-        .iter()
-        .map(|c| stats_of(cri, c))
-        .collect();
+    let mut list = cri.containers.list(Some(&p.row.id)).await?;
+    cri.containers.with_guest_usage(&mut list).await;
+    let containers = list.iter().map(|c| stats_of(cri, c)).collect();
     Ok(pod_stats_with(cri, p, containers))
 }
 

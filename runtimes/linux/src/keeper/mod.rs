@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::error::LinuxError;
@@ -62,6 +62,24 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// A byte stream to a keeper (a unix socket, or a relay to a keeper elsewhere, e.g. in a
+/// `vm` pod's guest).
+pub trait KeeperStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> KeeperStream for T {}
+
+/// A boxed [`KeeperStream`].
+pub type BoxedStream = Box<dyn KeeperStream>;
+
+/// Opens a connection to a keeper that the client does not start itself (see
+/// [`KeeperClient::remote`]). An error of kind `NotFound` means the keeper is gone for good
+/// (its VM was stopped): the client then answers like for a keeper that does not run.
+pub type Connector = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<BoxedStream>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// How long one keeper request may take (exec and wait carry their own limits on top).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -78,6 +96,21 @@ pub struct KeeperClient {
     command: &'static str,
     /// Held while a keeper is being started, so a burst of requests starts one keeper.
     starting: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Set for a keeper reached through a relay (never started by this client).
+    connector: Option<ConnectorDebug>,
+}
+
+/// A [`Connector`] with a name for `Debug`.
+#[derive(Clone)]
+struct ConnectorDebug {
+    name: String,
+    connect: Connector,
+}
+
+impl std::fmt::Debug for ConnectorDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connector({})", self.name)
+    }
 }
 
 impl KeeperClient {
@@ -91,6 +124,41 @@ impl KeeperClient {
             idle_exit_ms,
             command: "keeper",
             starting: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            connector: None,
+        }
+    }
+
+    /// A client for a keeper this side does not start, reached through `connect` (e.g. the
+    /// keeper inside a `vm` pod's guest, through its agent). `name` shows in errors and logs.
+    pub fn remote(name: impl Into<String>, connect: Connector) -> Self {
+        let name = name.into();
+        KeeperClient {
+            paths: KeeperPaths::new(Path::new("/nonexistent")),
+            dir: PathBuf::from(&name),
+            exe: PathBuf::new(),
+            idle_exit_ms: 0,
+            command: "keeper",
+            starting: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            connector: Some(ConnectorDebug { name, connect }),
+        }
+    }
+
+    /// Connects to the keeper: its unix socket, or the remote connector.
+    async fn connect(&self) -> Result<BoxedStream, CallError> {
+        match &self.connector {
+            Some(c) => (c.connect)().await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    CallError::Gone(format!("{}: {e}", c.name))
+                } else {
+                    CallError::NotListening(format!("connect to {}: {e}", c.name))
+                }
+            }),
+            None => UnixStream::connect(&self.paths.socket)
+                .await
+                .map(|s| Box::new(s) as BoxedStream)
+                .map_err(|e| {
+                    CallError::NotListening(format!("connect {}: {e}", self.paths.socket.display()))
+                }),
         }
     }
 
@@ -114,20 +182,28 @@ impl KeeperClient {
         for _ in 0..3 {
             match self.try_call(req, extra).await {
                 Ok(resp) => return Ok(resp),
+                Err(CallError::Gone(e)) => {
+                    // the keeper's home (a VM) is gone: it holds nothing any more
+                    return match absent_answer(req) {
+                        Response::Error { .. } if !is_read_or_cleanup(req) => {
+                            Err(LinuxError::KeeperRefused {
+                                op: op_name(req),
+                                kind: "failed_precondition".into(),
+                                message: e,
+                            })
+                        }
+                        answer => Ok(answer),
+                    };
+                }
+                Err(CallError::NotListening(e)) if self.connector.is_some() => {
+                    // a remote keeper is not started from here: try again shortly
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(CallError::NotListening(e)) => {
                     last_error = e;
                     // a keeper with nothing to do exits; there is none at 0 containers
-                    if matches!(
-                        req,
-                        Request::List
-                            | Request::State { .. }
-                            | Request::Delete { .. }
-                            | Request::Kill { .. }
-                            | Request::Wait { .. }
-                            | Request::ReopenLog { .. }
-                    ) && !started
-                        && !self.paths.socket.exists()
-                    {
+                    if is_read_or_cleanup(req) && !started && !self.paths.socket.exists() {
                         return Ok(absent_answer(req));
                     }
                     self.spawn_keeper().await?;
@@ -149,15 +225,7 @@ impl KeeperClient {
     }
 
     async fn try_call(&self, req: &Request, extra: Duration) -> Result<Response, CallError> {
-        let mut stream = match UnixStream::connect(&self.paths.socket).await {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(CallError::NotListening(format!(
-                    "connect {}: {e}",
-                    self.paths.socket.display()
-                )));
-            }
-        };
+        let mut stream = self.connect().await?;
         let work = async {
             let mut line = serde_json::to_vec(req).map_err(|e| CallError::Broken(e.to_string()))?;
             line.push(b'\n');
@@ -335,13 +403,17 @@ impl KeeperClient {
             kind: kind.into(),
             message,
         };
-        let stream = UnixStream::connect(&self.paths.socket).await.map_err(|e| {
+        let stream = self.connect().await.map_err(|e| {
+            let e = match e {
+                CallError::Gone(e) | CallError::NotListening(e) | CallError::Broken(e) => e,
+                CallError::Timeout => "timed out".into(),
+            };
             refused(
                 "not_found",
                 format!("no keeper runs, so no container does ({e})"),
             )
         })?;
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = tokio::io::split(stream);
         let mut line = serde_json::to_vec(req).map_err(|e| LinuxError::Keeper {
             op: op_name(req),
             message: e.to_string(),
@@ -381,18 +453,38 @@ impl KeeperClient {
 }
 
 /// An open streaming session with the keeper (see [`KeeperClient::stream`]).
-#[derive(Debug)]
 pub struct KeeperSession {
     /// Frames from the keeper.
-    pub reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    pub reader: BufReader<tokio::io::ReadHalf<BoxedStream>>,
     /// Frames to the keeper.
-    pub writer: tokio::net::unix::OwnedWriteHalf,
+    pub writer: tokio::io::WriteHalf<BoxedStream>,
+}
+
+impl std::fmt::Debug for KeeperSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeeperSession")
+    }
 }
 
 enum CallError {
+    /// The remote keeper's home is gone for good.
+    Gone(String),
     NotListening(String),
     Broken(String),
     Timeout,
+}
+
+/// Requests a keeper that does not run can answer without running: it holds nothing.
+fn is_read_or_cleanup(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::List
+            | Request::State { .. }
+            | Request::Delete { .. }
+            | Request::Kill { .. }
+            | Request::Wait { .. }
+            | Request::ReopenLog { .. }
+    )
 }
 
 /// What a keeper that does not run would answer: it holds nothing.
