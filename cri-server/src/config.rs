@@ -334,6 +334,7 @@ mod tests {
         assert_eq!(c.grpc.address, PathBuf::from(DEFAULT_ADDRESS));
         assert_eq!(c.backend_for(""), Some(Backend::Linux));
         assert_eq!(c.backend_for("runc"), Some(Backend::Linux));
+        assert_eq!(c.backend_for("vm"), Some(Backend::Vm));
         assert_eq!(c.backend_for("nope"), None);
     }
 
@@ -368,7 +369,6 @@ backend = "wasm"
             Some(VmEngine::Uml)
         );
         assert_eq!(c.runtime("kata").and_then(|r| r.mem_mib), Some(128));
-        assert_eq!(c.backend_for("vm"), Some(Backend::Vm));
         assert_eq!(c.backend_for("spin"), Some(Backend::Wasm));
         assert_eq!(
             c.registry.credentials_file,
