@@ -662,6 +662,7 @@ impl Containers {
                 .and_then(|p| p.state.vm)
         {
             self.pods.vm.relay_logs(&rec, id, Path::new(&spec.log_path));
+            self.pods.vm.sync_mounts(&rec, id, spec.mounts.clone());
         }
         crate::crashpoint::crashpoint("create_container:before_record");
         let row = ContainerRow {
@@ -995,7 +996,7 @@ impl Containers {
     pub async fn resume_vm_relays(&self) -> Result<(), CriError> {
         for row in self.store.list_containers(None).await? {
             let Ok(c) = Self::decode(row) else { continue };
-            if !c.state.is_vm() || c.state.spec.log_path.is_empty() {
+            if !c.state.is_vm() {
                 continue;
             }
             if let Some(rec) = self
@@ -1007,6 +1008,11 @@ impl Containers {
                 self.pods
                     .vm
                     .relay_logs(&rec, &c.row.id, Path::new(&c.state.spec.log_path));
+                if c.row.state != ContainerState::Exited.as_str() {
+                    self.pods
+                        .vm
+                        .sync_mounts(&rec, &c.row.id, c.state.spec.mounts.clone());
+                }
             }
         }
         Ok(())
@@ -1441,7 +1447,19 @@ impl Containers {
     pub async fn reopen_log(&self, id: &str) -> Result<(), CriError> {
         let c = self.running_container(id).await?;
         if c.state.is_vm() {
-            // the host file is written by the log relay, which opens it for every write
+            // the host file is written by the log relay, which opens it for every write: make
+            // the new file now, as a keeper reopening it would
+            if !c.state.spec.log_path.is_empty() {
+                let path = PathBuf::from(&c.state.spec.log_path);
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .await
+                    .map_err(|e| {
+                        internal(&format!("reopen container log {}", path.display()), e)
+                    })?;
+            }
             return Ok(());
         }
         self.keeper_for(&c.state, &c.row.pod_id)

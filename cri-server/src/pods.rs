@@ -254,6 +254,22 @@ fn pod_network(spec: &PodSpec, netns: &Path) -> PodNetwork {
     }
 }
 
+/// The memory a vm pod's guest needs from its CRI config: the pod's resources (the sum of its
+/// containers' limits, kubelet ≥ 1.32) plus its overhead (RuntimeClass overhead); `None` when
+/// the pod sets no memory limit (the handler's default size applies).
+pub fn vm_memory(config: &v1::PodSandboxConfig) -> Option<u64> {
+    let linux = config.linux.as_ref()?;
+    let limit = linux.resources.as_ref()?.memory_limit_in_bytes;
+    if limit <= 0 {
+        return None;
+    }
+    let overhead = linux
+        .overhead
+        .as_ref()
+        .map_or(0, |o| o.memory_limit_in_bytes.max(0));
+    u64::try_from(limit.saturating_add(overhead)).ok()
+}
+
 impl Pods {
     /// Pod orchestration over the configured CNI directories and the state dir.
     pub fn new(
@@ -475,7 +491,7 @@ impl Pods {
             }
         }
         if vm {
-            self.build_vm(spec, state, &linux, handler).await?;
+            self.build_vm(spec, state, &linux, handler, config).await?;
         }
         crate::crashpoint::crashpoint("run_pod_sandbox:before_record");
         let backend_state =
@@ -512,6 +528,7 @@ impl Pods {
         state: &mut PodBackendState,
         linux: &PodState,
         handler: &str,
+        config: &v1::PodSandboxConfig,
     ) -> Result<(), CriError> {
         let netns = state.netns.clone().ok_or_else(|| {
             CriError::new(
@@ -546,7 +563,14 @@ impl Pods {
             .unwrap_or_default();
         let record = self
             .vm
-            .start_pod(handler, &spec.id, &netns, &cgroup_dirs, None, setup)
+            .start_pod(
+                handler,
+                &spec.id,
+                &netns,
+                &cgroup_dirs,
+                vm_memory(config),
+                setup,
+            )
             .await?;
         state.vm = Some(record);
         if spec.namespaces.pid == PidMode::Pod {
@@ -862,6 +886,22 @@ mod tests {
         );
         assert_eq!(parse_quantity("1.5k"), Some(1500));
         assert_eq!(parse_quantity("2x"), None);
+    }
+
+    #[test]
+    fn vm_pods_are_sized_from_resources_plus_overhead() {
+        let mut c = config();
+        assert_eq!(vm_memory(&c), None);
+        let linux = c.linux.get_or_insert_with(Default::default);
+        linux.resources = Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 100 << 20,
+            ..Default::default()
+        });
+        linux.overhead = Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 20 << 20,
+            ..Default::default()
+        });
+        assert_eq!(vm_memory(&c), Some(120 << 20));
     }
 
     #[test]

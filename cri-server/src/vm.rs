@@ -48,6 +48,8 @@ pub struct VmBackend {
     pods: Mutex<HashMap<String, Arc<PodHandle>>>,
     /// Per container: the running log relay.
     relays: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Per container: the task keeping its copied mounts in sync with the host.
+    syncs: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 struct PodHandle {
@@ -64,6 +66,50 @@ fn classified(what: &str, e: &unicri_runtime_vm::VmError) -> CriError {
     CriError::from_classified(what, e)
 }
 
+/// How often copied mounts are checked for changes on the host.
+pub const SYNC_PERIOD: Duration = Duration::from_secs(2);
+
+/// A fingerprint of the host sources of `mounts`: every entry's path, type, size, mtime,
+/// mode and symlink target, hashed.
+fn fingerprint(mounts: &[unicri_sandbox::container::MountSpec]) -> Vec<u8> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, h: &mut sha2::Sha256, depth: usize) {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            h.update(b"missing");
+            return;
+        };
+        h.update(p.as_os_str().as_encoded_bytes());
+        h.update(m.mode().to_le_bytes());
+        h.update(m.size().to_le_bytes());
+        h.update(m.mtime().to_le_bytes());
+        h.update(m.mtime_nsec().to_le_bytes());
+        if m.file_type().is_symlink() {
+            if let Ok(t) = std::fs::read_link(p) {
+                h.update(t.as_os_str().as_encoded_bytes());
+            }
+        } else if m.is_dir() && depth < 32 {
+            let mut names: Vec<_> = std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            names.sort();
+            for n in names {
+                walk(&n, h, depth + 1);
+            }
+        }
+    }
+    let mut h = sha2::Sha256::new();
+    for m in mounts.iter().filter(|m| !m.host_path.is_empty()) {
+        let host = unicri_runtime_linux::spec::mounts::clean(&m.host_path);
+        // the mount source itself is followed (a mounted symlink means its target)
+        match std::fs::canonicalize(&host) {
+            Ok(real) => walk(&real, &mut h, 0),
+            Err(_) => h.update(b"missing"),
+        }
+    }
+    h.finalize().to_vec()
+}
+
 /// The biggest host file or directory that is copied into a vm pod for a CRI mount.
 pub const MAX_COPIED_MOUNT: u64 = 8 << 20;
 
@@ -76,6 +122,7 @@ impl VmBackend {
             config,
             pods: Mutex::new(HashMap::new()),
             relays: Mutex::new(HashMap::new()),
+            syncs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -423,6 +470,72 @@ impl VmBackend {
         relays.insert(id.to_string(), task);
     }
 
+    /// Keeps the copies of a container's CRI mounts in its guest in sync with the host (Kata's
+    /// "watchable mounts"): every [`SYNC_PERIOD`] the host sources are fingerprinted (paths,
+    /// sizes, mtimes, modes, symlink targets — a ConfigMap update swaps a symlink) and, when that
+    /// changed, copied in again (`PutFiles`: each file replaced atomically). Files deleted on
+    /// the host stay in the guest. Ends with the guest or [`Self::forget_container`].
+    pub fn sync_mounts(
+        &self,
+        record: &VmPodRecord,
+        id: &str,
+        mounts: Vec<unicri_sandbox::container::MountSpec>,
+    ) {
+        if mounts.iter().all(|m| m.host_path.is_empty()) {
+            return;
+        }
+        let mut syncs = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
+        if syncs.get(id).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let client = self.agent(record);
+        let engine = record.engine.clone();
+        let id2 = id.to_string();
+        let task = tokio::spawn(async move {
+            let m = mounts.clone();
+            let mut last = tokio::task::spawn_blocking(move || fingerprint(&m))
+                .await
+                .unwrap_or_default();
+            loop {
+                tokio::time::sleep(SYNC_PERIOD).await;
+                if !unicri_runtime_vm::engine::alive(&engine) {
+                    return;
+                }
+                let m = mounts.clone();
+                let now = tokio::task::spawn_blocking(move || fingerprint(&m))
+                    .await
+                    .unwrap_or_default();
+                if now == last {
+                    continue;
+                }
+                let (m, i) = (mounts.clone(), id2.clone());
+                let plan = match tokio::task::spawn_blocking(move || plan_mounts(&i, &m)).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        tracing::warn!(container_id = %id2, error = %e.message, "mount sync: cannot copy the changed host files");
+                        last = now;
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                match client
+                    .request(proto::Request::PutFiles { files: plan.files })
+                    .await
+                {
+                    Ok(proto::Response::Ok) => {
+                        tracing::debug!(container_id = %id2, "mount sync: copied changed host files in");
+                        last = now;
+                    }
+                    Ok(other) => {
+                        tracing::warn!(container_id = %id2, answer = ?other, "mount sync refused")
+                    }
+                    Err(e) => tracing::debug!(container_id = %id2, error = %e, "mount sync failed"),
+                }
+            }
+        });
+        syncs.insert(id.to_string(), task);
+    }
+
     /// Stops a container's relay (after giving it a second to copy what is left: the agent
     /// ends the stream once the container is removed and its log sent) and forgets its offset.
     pub async fn forget_container(&self, id: &str) {
@@ -431,6 +544,14 @@ impl VmBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        if let Some(s) = self
+            .syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
+            s.abort();
+        }
         if let Some(h) = h {
             let abort = h.abort_handle();
             if tokio::time::timeout(Duration::from_secs(1), h)
@@ -604,7 +725,7 @@ pub fn plan_mounts(
                 mode: meta.permissions().mode() & 0o7777,
                 data: base64::engine::general_purpose::STANDARD.encode(data),
             });
-            out.map.insert(host, guest);
+            out.insert(host, guest);
         } else if ft.is_dir() {
             let key = {
                 use sha2::Digest;
@@ -624,12 +745,25 @@ pub fn plan_mounts(
                 CopyError::Io(e) => internal("read a mounted directory", e),
             })?;
             out.files.extend(entries);
-            out.map.insert(host, guest);
+            out.insert(host, guest);
         } else if ft.is_socket() || ft.is_fifo() || ft.is_block_device() || ft.is_char_device() {
             return Err(refuse("it is a socket, fifo or device".into()));
         }
     }
     Ok(out)
+}
+
+impl CopiedMounts {
+    /// Maps a host path — and, when it goes through symlinks, the path they resolve to (the
+    /// spec builder may name either) — to its guest copy.
+    fn insert(&mut self, host: PathBuf, guest: String) {
+        if let Ok(real) = std::fs::canonicalize(&host)
+            && real != host
+        {
+            self.map.insert(real, guest.clone());
+        }
+        self.map.insert(host, guest);
+    }
 }
 
 enum CopyError {
@@ -690,4 +824,73 @@ fn copy_dir(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unicri_sandbox::container::MountSpec;
+
+    fn mount(host: &Path) -> MountSpec {
+        MountSpec {
+            container_path: "/m".into(),
+            host_path: host.display().to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn files_and_directories_are_planned_as_copies() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("token");
+        std::fs::write(&file, "secret").unwrap();
+        let dir = t.path().join("cm");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a"), "A").unwrap();
+        std::os::unix::fs::symlink("sub/a", dir.join("link")).unwrap();
+        let plan = plan_mounts("c1", &[mount(&file), mount(&dir)]).unwrap();
+        assert_eq!(plan.map[&file], format!("{}/0", proto::paths::files("c1")));
+        let guest_dir = &plan.map[&dir];
+        assert!(
+            guest_dir.starts_with(proto::paths::VOLUMES_DIR),
+            "{guest_dir}"
+        );
+        let kinds: Vec<(String, String)> = plan
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.kind.clone()))
+            .collect();
+        assert!(kinds.contains(&(format!("{guest_dir}/link"), "symlink".into())));
+        assert!(kinds.contains(&(format!("{guest_dir}/sub/a"), "file".into())));
+        // the same host directory maps to the same guest directory for every container
+        let again = plan_mounts("c2", &[mount(&dir)]).unwrap();
+        assert_eq!(&again.map[&dir], guest_dir);
+    }
+
+    #[test]
+    fn too_big_missing_and_special_sources_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_COPIED_MOUNT + 1).unwrap();
+        let e = plan_mounts("c", &[mount(&big)]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{}", e.message);
+        let e = plan_mounts("c", &[mount(&t.path().join("nope"))]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument, "{}", e.message);
+        let sock = t.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let e = plan_mounts("c", &[mount(&sock)]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{}", e.message);
+    }
+
+    #[test]
+    fn fingerprint_moves_when_the_host_changes() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), "1").unwrap();
+        let m = [mount(t.path())];
+        let before = fingerprint(&m);
+        assert_eq!(before, fingerprint(&m));
+        std::fs::write(t.path().join("b"), "2").unwrap();
+        assert_ne!(before, fingerprint(&m));
+    }
 }

@@ -3,7 +3,7 @@
 //! daemon, its guest agent, Debian's CNI plugins, a busybox image built by the tests.
 //! Pod lifecycle with the pod IP, logs relayed from the guest, ExecSync in the guest kernel,
 //! host ↔ vm pod and linux pod ↔ vm pod traffic through the tap + tc bridge, two containers
-//! sharing the network and a volume, exec with a terminal, port-forward to a server bound to
+//! sharing the network and a volume (a host change synced in), exec with a terminal, port-forward to a server bound to
 //! the guest's loopback, an OOM kill inside the guest, and `kill -9` of the daemon while a
 //! container logs. A leak check (engine processes, mounts, cgroups) runs after each test.
 
@@ -240,6 +240,20 @@ async fn vm_pod_lifecycle_network_volumes_exec_port_forward_and_oom() -> Result<
     );
     let r = exec(&d, &web, &["cat", "/vol/seed"]).await?;
     ensure!(out(&r) == "seed-from-host\n", "volume copy: {}", out(&r));
+    // a change on the host reaches the guest's copy (the daemon re-copies changed mounts)
+    std::fs::write(vol.path().join("seed"), "seed-changed\n")?;
+    let mut synced = String::new();
+    for _ in 0..100 {
+        synced = out(&exec(&d, &web, &["cat", "/vol/seed"]).await?);
+        if synced == "seed-changed\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        synced == "seed-changed\n",
+        "host change not synced into the guest: {synced:?}"
+    );
 
     // host → vm pod over the pod network (CNI bridge → veth → tc → tap → guest)
     let mut page = String::new();
