@@ -379,6 +379,19 @@ impl Containers {
             None => {}
         }
         if c.row != before {
+            let exited = ContainerState::Exited.as_str();
+            if c.state.is_vm()
+                && c.row.state == exited
+                && before.state != exited
+                && let Some(rec) = self
+                    .pods
+                    .resolve(&c.row.pod_id)
+                    .await?
+                    .and_then(|p| p.state.vm)
+            {
+                // the host log is complete before the exit is reported
+                self.pods.vm.drain_log(&rec, &c.row.id).await;
+            }
             self.store.update_container(&c.row).await?;
             let exited = ContainerState::Exited.as_str();
             let first = c.row.state == exited
@@ -1419,10 +1432,48 @@ impl Containers {
             ));
         }
         if c.state.is_vm() {
-            return Err(CriError::unimplemented(
-                "UpdateContainerResources of a container in a vm pod",
-                "its guest cgroup is not updated from the host yet",
-            ));
+            let new = container_spec::resources(linux)?;
+            let rec = self
+                .pods
+                .resolve(&c.row.pod_id)
+                .await?
+                .and_then(|p| p.state.vm)
+                .ok_or_else(|| {
+                    CriError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!("the guest of pod {} is not running", c.row.pod_id),
+                    )
+                })?;
+            let r = &new;
+            let answer = self
+                .pods
+                .vm
+                .agent(&rec)
+                .request(unicri_vm_agent::proto::Request::UpdateResources {
+                    id: c.row.id.clone(),
+                    resources: unicri_vm_agent::proto::Resources {
+                        memory_limit_bytes: r.memory_limit_in_bytes,
+                        cpu_period: r.cpu_period,
+                        cpu_quota: r.cpu_quota,
+                        cpu_shares: r.cpu_shares,
+                        pids_limit: 0,
+                        cpuset_cpus: r.cpuset_cpus.clone(),
+                        cpuset_mems: r.cpuset_mems.clone(),
+                    },
+                })
+                .await
+                .map_err(|e| CriError::from_classified("update resources in the guest", &e))?;
+            if answer != unicri_vm_agent::proto::Response::Ok {
+                return Err(crate::vm::agent_refused(
+                    "update resources in the guest",
+                    answer,
+                ));
+            }
+            c.state.spec.resources = new;
+            c.row.backend_state = serde_json::to_string(&c.state)
+                .map_err(|e| internal("encode container state", e))?;
+            self.store.update_container(&c.row).await?;
+            return Ok(());
         }
         if c.state.is_wasm() {
             return Err(CriError::unimplemented(

@@ -50,6 +50,8 @@ pub struct VmBackend {
     relays: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Per container: the task keeping its copied mounts in sync with the host.
     syncs: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Per container: how much of its guest log its relay has copied.
+    copied: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 struct PodHandle {
@@ -65,6 +67,9 @@ fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
 fn classified(what: &str, e: &unicri_runtime_vm::VmError) -> CriError {
     CriError::from_classified(what, e)
 }
+
+/// How long an exit report waits for the log relay to catch up.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(3);
 
 /// How often copied mounts are checked for changes on the host.
 pub const SYNC_PERIOD: Duration = Duration::from_secs(2);
@@ -123,6 +128,7 @@ impl VmBackend {
             pods: Mutex::new(HashMap::new()),
             relays: Mutex::new(HashMap::new()),
             syncs: Mutex::new(HashMap::new()),
+            copied: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -464,10 +470,41 @@ impl VmBackend {
         let client = self.agent(record);
         let engine = record.engine.clone();
         let (id2, log) = (id.to_string(), host_log.to_path_buf());
+        let copied = self.copied.clone();
         let task = tokio::spawn(async move {
-            relay(client, engine, &id2, &log, &offsets).await;
+            relay(client, engine, &id2, &log, &offsets, &copied).await;
         });
         relays.insert(id.to_string(), task);
+    }
+
+    /// Waits (up to [`DRAIN_WAIT`]) until the relay of container `id` has copied its whole
+    /// guest log so far, so a reader of the host log after the container's exit sees all of it.
+    pub async fn drain_log(&self, record: &VmPodRecord, id: &str) {
+        let size = match self
+            .agent(record)
+            .request(proto::Request::LogSize { id: id.into() })
+            .await
+        {
+            Ok(proto::Response::LogSize { bytes }) => bytes,
+            _ => return,
+        };
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
+            let done = self
+                .copied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .copied()
+                .unwrap_or(0);
+            if done >= size || tokio::time::Instant::now() >= deadline {
+                if done < size {
+                    tracing::warn!(container_id = %id, done, size, "log relay behind at exit");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Keeps the copies of a container's CRI mounts in its guest in sync with the host (Kata's
@@ -562,6 +599,10 @@ impl VmBackend {
             }
         }
         let _ = std::fs::remove_file(self.state_dir.join("log-offsets").join(id));
+        self.copied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 
@@ -573,6 +614,7 @@ async fn relay(
     id: &str,
     log: &Path,
     offsets: &Path,
+    copied: &Mutex<HashMap<String, u64>>,
 ) {
     let _ = std::fs::create_dir_all(offsets);
     let off_file = offsets.join(id);
@@ -580,6 +622,10 @@ async fn relay(
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
+    copied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string(), offset);
     loop {
         if !unicri_runtime_vm::engine::alive(&engine) {
             return;
@@ -604,6 +650,10 @@ async fn relay(
             }
             offset += n as u64;
             let _ = tokio::fs::write(&off_file, offset.to_string()).await;
+            copied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_string(), offset);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -4,7 +4,7 @@
 //! Pod lifecycle with the pod IP, logs relayed from the guest, ExecSync in the guest kernel,
 //! host ↔ vm pod and linux pod ↔ vm pod traffic through the tap + tc bridge, two containers
 //! sharing the network and a volume (a host change synced in), exec with a terminal, port-forward to a server bound to
-//! the guest's loopback, an OOM kill inside the guest, and `kill -9` of the daemon while a
+//! the guest's loopback, UpdateContainerResources in the guest cgroup, an OOM kill inside the guest, and `kill -9` of the daemon while a
 //! container logs. A leak check (engine processes, mounts, cgroups) runs after each test.
 
 use std::path::{Path, PathBuf};
@@ -290,6 +290,32 @@ async fn vm_pod_lifecycle_network_volumes_exec_port_forward_and_oom() -> Result<
     );
     let r = exec(&d, &reader, &["hostname"]).await?;
     ensure!(out(&r) == "vmpod\n", "hostname: {}", out(&r));
+
+    // UpdateContainerResources reaches the container's cgroup in the guest
+    d.runtime()
+        .update_container_resources(v1::UpdateContainerResourcesRequest {
+            container_id: reader.clone(),
+            linux: Some(v1::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .context("UpdateContainerResources")?;
+    let r = exec(
+        &d,
+        &reader,
+        &["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+    )
+    .await?;
+    ensure!(
+        out(&r) == format!("{}\n50000 100000\n", 96 << 20),
+        "guest cgroup after the update: {}",
+        out(&r)
+    );
 
     // a linux pod reaches the vm pod
     let lpod = run_pod(&d, "linuxpod", logs.path(), "").await?;

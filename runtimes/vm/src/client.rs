@@ -16,6 +16,10 @@ use unicri_vm_agent::proto;
 
 use crate::error::VmError;
 
+/// How long [`AgentClient::wait_ready`] waits for one connection attempt (a SYN that got no
+/// answer by then is given up for a fresh one).
+pub const CONNECT_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// The agent of one pod's guest.
 #[derive(Clone, Debug)]
 pub struct AgentClient {
@@ -123,17 +127,45 @@ impl AgentClient {
     }
 
     /// Polls [`proto::Request::Health`] until the agent answers (or `timeout` runs out);
-    /// returns the `Health` answer. Attempts time out after 100 ms, doubling up to 2 s.
+    /// returns the `Health` answer.
+    ///
+    /// A SYN sent before the guest has its control address (or before the agent listens)
+    /// is lost, and TCP would send it again only after a second: each connection attempt
+    /// gets [`CONNECT_ATTEMPT`], then a fresh socket sends a fresh SYN. A connection that
+    /// was made waits for the answer longer (250 ms, doubling up to 2 s), so a slow but live
+    /// guest still gets through.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<proto::Response, VmError> {
         let deadline = Instant::now() + timeout;
-        // short first attempts: a SYN sent before the guest has its control address is
-        // dropped and would only be retransmitted after a second; longer ones later, so a
-        // slow but live guest still gets through
-        let mut attempt = Duration::from_millis(100);
+        let hello = proto::Hello::Agent {
+            request: proto::Request::Health,
+        };
+        let mut answer_wait = Duration::from_millis(250);
         loop {
-            let probe = self.clone().with_timeout(attempt);
-            attempt = (attempt * 2).min(Duration::from_secs(2));
-            match probe.request(proto::Request::Health).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = async {
+                let stream = tokio::time::timeout(CONNECT_ATTEMPT.min(left), self.connect(&hello))
+                    .await
+                    .map_err(|_| VmError::Timeout {
+                        what: "agent connect",
+                        ms: CONNECT_ATTEMPT.as_millis() as u64,
+                    })?
+                    .map_err(|source| VmError::AgentIo {
+                        op: "connect",
+                        source,
+                    })?;
+                let wait = answer_wait.min(left);
+                answer_wait = (answer_wait * 2).min(Duration::from_secs(2));
+                let mut line = String::new();
+                tokio::time::timeout(wait, BufReader::new(stream).read_line(&mut line))
+                    .await
+                    .map_err(|_| VmError::Timeout {
+                        what: "agent health answer",
+                        ms: wait.as_millis() as u64,
+                    })?
+                    .map_err(|source| VmError::AgentIo { op: "read", source })?;
+                parse_response(&line)
+            };
+            match attempt.await {
                 Ok(r @ proto::Response::Health { .. }) => return Ok(r),
                 Ok(other) => {
                     return Err(VmError::AgentUnexpected {
@@ -149,9 +181,10 @@ impl AgentClient {
                             ms: timeout.as_millis() as u64,
                         });
                     }
+                    tracing::trace!(error = %e, "agent not ready yet");
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -516,3 +516,299 @@ fn agent_guest() {
     }
     stop_and_check_leaks(&st, &p, shm_before);
 }
+
+/// Boot timing of the agent guest (not run by default: `cargo test -p unicri-runtime-vm --test
+/// uml agent_boot_timing -- --ignored --nocapture`). `UVT_BOOTS` boots (5), `UVT_MEM` MiB
+/// (256), `UVT_CMDLINE` extra kernel words (e.g. `loglevel=7`), `UVT_CONSOLE=1` prints each
+/// console. Prints start() → Health per boot and the median.
+#[test]
+#[ignore]
+fn agent_boot_timing() {
+    let Some(kernel) = prerequisites("agent_boot_timing") else {
+        return;
+    };
+    let Some(agent) = agent_binary() else {
+        eprintln!("SKIP agent_boot_timing: no agent binary");
+        return;
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let boots: usize = env("UVT_BOOTS").and_then(|v| v.parse().ok()).unwrap_or(5);
+    let mem: u32 = env("UVT_MEM").and_then(|v| v.parse().ok()).unwrap_or(256);
+    let extra: Vec<String> = env("UVT_CMDLINE")
+        .map(|v| v.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = Instant::now();
+    let initrd = initramfs::build(&agent, &tmp.path().join("cache")).expect("initramfs");
+    eprintln!(
+        "initramfs: {} bytes, built in {:?}",
+        std::fs::metadata(&initrd).map(|m| m.len()).unwrap_or(0),
+        t.elapsed()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut times = Vec::new();
+    for i in 0..boots {
+        let mut p = pod(
+            "bt",
+            249,
+            kernel.clone(),
+            initrd.clone(),
+            tmp.path().join(format!("pod{i}")),
+        );
+        p.cfg.mem_mib = mem;
+        p.cfg.cmdline_extra = extra.clone();
+        let wall0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let t0 = Instant::now();
+        let st = engine::start(&p.cfg).expect("start");
+        let guard = StopOnDrop(st.clone());
+        let client = AgentClient::new(&p.ns.pin);
+        let health = rt.block_on(client.wait_ready(Duration::from_secs(30)));
+        let took = t0.elapsed();
+        let uptime = match &health {
+            Ok(proto::Response::Health { uptime_s, .. }) => *uptime_s,
+            _ => -1.0,
+        };
+        eprintln!(
+            "BOOT {i}: {took:?} start() → Health (guest uptime {uptime:.3} s; start at unix {:.3})",
+            wall0.as_secs_f64()
+        );
+        if env("UVT_CONSOLE").is_some() || health.is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!(
+                "{}",
+                std::fs::read_to_string(&st.console_log).unwrap_or_default()
+            );
+        }
+        assert!(health.is_ok(), "{health:?}");
+        times.push(took);
+        drop(guard);
+        engine::stop(&st, Duration::from_millis(500)).expect("stop");
+        net::teardown(&p.ns.pin, &p.names).expect("teardown");
+    }
+    times.sort();
+    eprintln!(
+        "BOOT median {:?} (min {:?}, max {:?}) over {boots} boots, mem={mem}M, extra={extra:?}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+}
+
+/// One keeper request over the agent's keeper relay.
+fn keeper_call(
+    rt: &tokio::runtime::Runtime,
+    client: &AgentClient,
+    req: &unicri_runtime_linux::keeper::proto::Request,
+) -> unicri_runtime_linux::keeper::proto::Response {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    rt.block_on(async {
+        let mut s = client.keeper_stream().await.expect("keeper stream");
+        let mut line = serde_json::to_vec(req).expect("json");
+        line.push(b'\n');
+        s.write_all(&line).await.expect("write");
+        let mut answer = String::new();
+        tokio::io::BufReader::new(s)
+            .read_line(&mut answer)
+            .await
+            .expect("read");
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    })
+}
+
+/// `UpdateResources` on a real guest: a container created by the guest keeper (a static
+/// `sleeper` from tests/guest/sleeper.c), its cgroup files rewritten by the agent and read
+/// back from inside the container; an unknown container and the missing cpuset controller.
+#[test]
+fn agent_guest_update_resources() {
+    use unicri_runtime_linux::keeper::proto as kp;
+    let Some(kernel) = prerequisites("agent_guest_update_resources") else {
+        return;
+    };
+    let Some(agent) = agent_binary() else {
+        eprintln!("SKIP agent_guest_update_resources: no agent binary");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let layer = tmp.path().join("layer");
+    std::fs::create_dir_all(layer.join("bin")).expect("mkdir");
+    for d in ["proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(layer.join(d)).expect("mkdir");
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/sleeper.c");
+    let bin = layer.join("bin/sleeper");
+    if !common::sh_ok(&[
+        "gcc",
+        "-static",
+        "-O2",
+        "-o",
+        &bin.to_string_lossy(),
+        &src.to_string_lossy(),
+    ]) {
+        eprintln!("SKIP agent_guest_update_resources: gcc -static failed");
+        return;
+    }
+    let img = image::build(&tmp.path().join("images"), "sleeper", &[layer]).expect("image");
+    let initrd = initramfs::build(&agent, &tmp.path().join("cache")).expect("initramfs");
+    let shm_before = std::fs::read_dir("/dev/shm")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let p = pod("ur", 248, kernel, initrd, tmp.path().join("pod"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut st = engine::start(&p.cfg).expect("start");
+    let _guard = StopOnDrop(st.clone());
+    let client = AgentClient::new(&p.ns.pin);
+    if let Err(e) = rt.block_on(client.wait_ready(Duration::from_secs(30))) {
+        panic!(
+            "agent did not answer: {e}\n{}",
+            console_tail(&st.console_log)
+        );
+    }
+    let dev = engine::attach_image(&mut st, &img).expect("attach");
+    let id = "c1";
+    let cg = proto::paths::cgroup(id);
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "args": ["/bin/sleeper"],
+            "cwd": "/",
+            "user": {"uid": 0, "gid": 0},
+            "env": ["PATH=/bin"],
+        },
+        "root": {"path": proto::paths::rootfs(id)},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup2"},
+        ],
+        "linux": {
+            "namespaces": [{"type": "mount"}, {"type": "pid"}],
+            "cgroupsPath": cg,
+        },
+    });
+    let prep = proto::PrepareContainer {
+        id: id.into(),
+        image_device: dev,
+        image_fstype: "erofs".into(),
+        config_json: spec.to_string(),
+        files: Vec::new(),
+    };
+    let (bundle, cgroup_dir) =
+        match rt.block_on(client.request(proto::Request::PrepareContainer(prep))) {
+            Ok(proto::Response::Prepared {
+                bundle, cgroup_dir, ..
+            }) => (bundle, cgroup_dir),
+            other => panic!("{other:?}\n{}", console_tail(&st.console_log)),
+        };
+    let update = |r: proto::Resources| {
+        rt.block_on(client.request(proto::Request::UpdateResources {
+            id: id.into(),
+            resources: r,
+        }))
+    };
+    let kind_of = |r: &Result<proto::Response, unicri_runtime_vm::VmError>| match r {
+        Err(unicri_runtime_vm::VmError::Agent { kind, .. }) => kind.clone(),
+        other => format!("{other:?}"),
+    };
+    // before the keeper made the cgroup: not found
+    let r = update(proto::Resources::default());
+    assert_eq!(kind_of(&r), "not_found", "{r:?}");
+    let created = keeper_call(
+        &rt,
+        &client,
+        &kp::Request::Create(kp::CreateRequest {
+            id: id.into(),
+            bundle: bundle.clone().into(),
+            cgroup_dirs: vec![cgroup_dir.into()],
+            ..kp::CreateRequest::default()
+        }),
+    );
+    assert!(
+        matches!(created, kp::Response::Container(_)),
+        "{created:?}\n{}",
+        console_tail(&st.console_log)
+    );
+    let started = keeper_call(&rt, &client, &kp::Request::Start { id: id.into() });
+    assert!(
+        !matches!(started, kp::Response::Error { .. }),
+        "{started:?}"
+    );
+    let read_back = || {
+        let files = ["memory.max", "cpu.max", "cpu.weight", "pids.max"];
+        let mut argv = vec!["/bin/sleeper".to_string(), "cat".to_string()];
+        argv.extend(files.iter().map(|f| format!("/sys/fs/cgroup{cg}/{f}")));
+        match keeper_call(
+            &rt,
+            &client,
+            &kp::Request::Exec(kp::ExecRequest {
+                id: id.into(),
+                argv,
+                timeout_ms: 10_000,
+            }),
+        ) {
+            kp::Response::Exec(r) => String::from_utf8_lossy(&r.stdout).into_owned(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let r = update(proto::Resources {
+        memory_limit_bytes: 64 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 1024,
+        pids_limit: 64,
+        ..proto::Resources::default()
+    });
+    assert!(matches!(r, Ok(proto::Response::Ok)), "{r:?}");
+    let seen = read_back();
+    eprintln!("cgroup after update:\n{seen}");
+    for want in [
+        "memory.max=67108864",
+        "cpu.max=50000 100000",
+        "cpu.weight=39",
+        "pids.max=64",
+    ] {
+        assert!(seen.contains(want), "{want} not in\n{seen}");
+    }
+    // everything unset: no limits, weight and pids.max left as they are
+    let r = update(proto::Resources::default());
+    assert!(matches!(r, Ok(proto::Response::Ok)), "{r:?}");
+    let seen = read_back();
+    for want in [
+        "memory.max=max",
+        "cpu.max=max 100000",
+        "cpu.weight=39",
+        "pids.max=64",
+    ] {
+        assert!(seen.contains(want), "{want} not in\n{seen}");
+    }
+    // the UML kernel has no cpuset controller
+    let r = update(proto::Resources {
+        cpuset_cpus: "0".into(),
+        ..proto::Resources::default()
+    });
+    assert_eq!(kind_of(&r), "failed_precondition", "{r:?}");
+    assert!(format!("{r:?}").contains("cpuset"), "{r:?}");
+    eprintln!("cpuset: {r:?}");
+    let r = rt.block_on(client.request(proto::Request::UpdateResources {
+        id: "nope".into(),
+        resources: proto::Resources::default(),
+    }));
+    assert_eq!(kind_of(&r), "not_found", "{r:?}");
+
+    let deleted = keeper_call(&rt, &client, &kp::Request::Delete { id: id.into() });
+    assert!(
+        !matches!(deleted, kp::Response::Error { .. }),
+        "{deleted:?}"
+    );
+    let r = rt.block_on(client.request(proto::Request::RemoveContainer { id: id.into() }));
+    assert!(matches!(r, Ok(proto::Response::Ok)), "{r:?}");
+    engine::detach_image(&mut st, &img).expect("detach");
+    stop_and_check_leaks(&st, &p, shm_before);
+}

@@ -87,10 +87,28 @@ pub enum Request {
         /// Container id.
         id: String,
     },
+    /// Change a container's resources (CRI `UpdateContainerResources`): the agent writes its
+    /// cgroup v2 files under `/sys/fs/cgroup/pod/<id>`. Answers [`Response::Ok`]; a container
+    /// without a cgroup is `not_found`, a write the kernel refuses (named with its file, value
+    /// and errno) or a controller the guest kernel lacks (cpuset) is `failed_precondition`
+    /// (cgroup v2 takes a `memory.max` below the usage: it reclaims, then OOM-kills).
+    UpdateResources {
+        /// Container id.
+        id: String,
+        /// The new resources.
+        resources: Resources,
+    },
     /// Resource usage of the guest and of containers.
     Stats {
         /// Container ids (unknown ones are left out of the answer).
         ids: Vec<String>,
+    },
+    /// The size of a container's guest log file now (0 when it has none yet): the daemon
+    /// waits until its relay has copied that much before it reports the container exited, so
+    /// a log read right after the exit is complete.
+    LogSize {
+        /// Container id.
+        id: String,
     },
     /// Sync filesystems and power the guest off (the engine process then exits).
     Shutdown,
@@ -164,6 +182,28 @@ pub struct PrepareContainer {
     pub files: Vec<FileEntry>,
 }
 
+/// [`Request::UpdateResources`]: a container's resources, as CRI's `LinuxContainerResources`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resources {
+    /// `memory.max` in bytes (0 or less: no limit, `max`). `memory.swap.max` is left alone.
+    pub memory_limit_bytes: i64,
+    /// CFS period in µs (`cpu.max`'s second field, 1000..=1000000; 0: left as it is).
+    pub cpu_period: i64,
+    /// CFS quota in µs per period (`cpu.max`'s first field; 0 or less: no limit, `max`).
+    pub cpu_quota: i64,
+    /// CPU shares (cgroup v1 scale, 2..262144), written as `cpu.weight` converted like runc
+    /// and crun do: `1 + ((shares - 2) * 9999) / 262142`. 0: left as it is.
+    pub cpu_shares: i64,
+    /// `pids.max` (0: left as it is; below 0: no limit, `max`).
+    pub pids_limit: i64,
+    /// `cpuset.cpus` (empty: left as it is). The UML guest kernel has no cpuset controller:
+    /// a non-empty value is then `failed_precondition`.
+    pub cpuset_cpus: String,
+    /// `cpuset.mems` (empty: left as it is), as `cpuset_cpus`.
+    pub cpuset_mems: String,
+}
+
 /// A file, directory or symlink to write in the guest.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -212,6 +252,11 @@ pub enum Response {
     },
     /// [`Request::Stats`].
     Stats(GuestStats),
+    /// [`Request::LogSize`].
+    LogSize {
+        /// Bytes in the guest log file.
+        bytes: u64,
+    },
 }
 
 /// [`Request::Stats`].

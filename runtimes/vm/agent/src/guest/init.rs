@@ -1,9 +1,8 @@
-//! PID 1 duties before serving: leave the initramfs for a tmpfs root (so that the keeper's
-//! containers can `pivot_root`), mount the API filesystems, set up cgroup v2, bring up
+//! PID 1 duties before serving: put a bind mount of the initramfs over it as `/` (so that the
+//! keeper's containers can `pivot_root`), mount the API filesystems, set up cgroup v2, bring up
 //! loopback and the control NIC.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use super::error::{Error, Result};
 use super::mounts::mount_once;
 use super::netlink::{LinkChange, Netlink};
 
-/// Present in the tmpfs root once [`switch_root`] moved there.
+/// Present in the root once [`switch_root`] bound it.
 const SWITCHED_MARKER: &str = "/.unicri-switched";
 const NEW_ROOT: &str = "/.unicri-root";
 /// Controllers enabled for containers when the kernel has them.
@@ -60,85 +59,29 @@ pub fn needs_switch_root() -> bool {
     !Path::new(SWITCHED_MARKER).exists()
 }
 
-/// Move the initramfs' files to a tmpfs, make it `/` and exec `/init` again (`pivot_root` is
-/// refused while the root is the initramfs, and libcontainer pivots). Returns only on failure.
-pub fn switch_root() -> Error {
+/// Make `/` a bind mount of the initramfs instead of the initramfs itself: `pivot_root` (which
+/// libcontainer uses for every container) refuses a root that is the namespace's first mount
+/// (rootfs), not one mounted on top of it. Nothing is copied and nothing re-executed: the
+/// files stay where the kernel unpacked them, this process goes on.
+pub fn switch_root() -> Result<()> {
     let fail = |what: &str, e: &dyn std::fmt::Display| Error::internal(format!("{what}: {e}"));
-    if let Err(e) = std::fs::create_dir_all(NEW_ROOT) {
-        return fail("create the new root", &e);
-    }
-    if let Err(e) = nix::mount::mount(
-        Some("rootfs"),
+    std::fs::create_dir_all(NEW_ROOT).map_err(|e| fail("create the new root", &e))?;
+    nix::mount::mount(
+        Some("/"),
         NEW_ROOT,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    ) {
-        return fail("mount a tmpfs for the new root", &e);
-    }
-    if let Err(e) = move_tree(Path::new("/"), Path::new(NEW_ROOT)) {
-        return fail("copy the initramfs to the new root", &e);
-    }
-    if let Err(e) = std::fs::write(Path::new(NEW_ROOT).join(&SWITCHED_MARKER[1..]), b"") {
-        return fail("mark the new root", &e);
-    }
-    if let Err(e) = std::env::set_current_dir(NEW_ROOT) {
-        return fail("enter the new root", &e);
-    }
-    if let Err(e) = nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-    {
-        return fail("move the new root to /", &e);
-    }
-    if let Err(e) = nix::unistd::chroot(".") {
-        return fail("chroot into the new root", &e);
-    }
-    if let Err(e) = std::env::set_current_dir("/") {
-        return fail("enter /", &e);
-    }
-    let args: Vec<std::ffi::CString> = std::env::args_os()
-        .filter_map(|a| std::ffi::CString::new(a.into_encoded_bytes()).ok())
-        .collect();
-    let init = c"/init";
-    match nix::unistd::execv(init, &args) {
-        Err(e) => fail("exec /init in the new root", &e),
-        Ok(never) => match never {},
-    }
-}
-
-/// Move (copy, then delete, to free the initramfs' memory) everything of `from` into `to`,
-/// skipping `to` itself.
-fn move_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let src = entry.path();
-        if src == to {
-            continue;
-        }
-        let dst = to.join(entry.file_name());
-        let md = std::fs::symlink_metadata(&src)?;
-        let ft = md.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&dst)?;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
-            move_tree(&src, &dst)?;
-            let _ = std::fs::remove_dir(&src);
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-            let _ = std::fs::remove_file(&src);
-        } else if ft.is_file() {
-            std::fs::copy(&src, &dst)?;
-            let _ = std::fs::remove_file(&src);
-        } else if ft.is_char_device() || ft.is_block_device() {
-            let kind = if ft.is_char_device() {
-                nix::sys::stat::SFlag::S_IFCHR
-            } else {
-                nix::sys::stat::SFlag::S_IFBLK
-            };
-            let perm = nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777);
-            nix::sys::stat::mknod(&dst, kind, perm, md.rdev())?;
-        }
-    }
-    Ok(())
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| fail("bind the initramfs onto the new root", &e))?;
+    std::env::set_current_dir(NEW_ROOT).map_err(|e| fail("enter the new root", &e))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| fail("move the new root to /", &e))?;
+    nix::unistd::chroot(".").map_err(|e| fail("chroot into the new root", &e))?;
+    std::env::set_current_dir("/").map_err(|e| fail("enter /", &e))?;
+    // the mount point, seen from the new root: an empty directory
+    let _ = std::fs::remove_dir(NEW_ROOT);
+    std::fs::write(SWITCHED_MARKER, b"").map_err(|e| fail("mark the new root", &e))
 }
 
 /// Mount the API filesystems, give PID 1 a console if the kernel found none, set up cgroups.
@@ -281,7 +224,7 @@ pub fn control_nic(cmdline: &str, wait: Duration) -> Result<String> {
                 "no NIC with MAC {mac} (control link) after {wait:?}"
             )));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     };
     let ip: Ipv4Addr = proto::GUEST_CTL_IP
         .parse()
@@ -291,6 +234,12 @@ pub fn control_nic(cmdline: &str, wait: Duration) -> Result<String> {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(Error::io(format!("add {ip} to {name}"), &e)),
+    }
+    // a gratuitous ARP when the link comes up: a host SYN waiting for ARP resolution of the
+    // guest address goes out at once instead of at the host's next ARP retry (1 s)
+    let notify = format!("/proc/sys/net/ipv4/conf/{name}/arp_notify");
+    if let Err(e) = std::fs::write(&notify, "1") {
+        tracing::debug!(error = %e, file = %notify, "cannot enable arp_notify");
     }
     nl.set_link(
         index,

@@ -10,6 +10,7 @@ pub mod mounts;
 pub mod netlink;
 pub mod ns;
 pub mod pod;
+pub mod resources;
 pub mod server;
 pub mod stats;
 
@@ -42,9 +43,9 @@ fn uptime() -> f64 {
 
 /// PID 1: init duties, the keeper, the server. Never returns; a fatal error powers off.
 pub fn run_pid1() -> ! {
-    if init::needs_switch_root() {
-        // returns only on failure (else it exec'd /init from the new root)
-        let e = init::switch_root();
+    if init::needs_switch_root()
+        && let Err(e) = init::switch_root()
+    {
         eprintln!(
             "unicri-vm-agent: cannot leave the initramfs, containers will fail to pivot_root: {e}"
         );
@@ -67,9 +68,6 @@ pub fn run_pid1() -> ! {
         Ok(nic) => tracing::info!(nic = %nic, ip = proto::GUEST_CTL_IP, "control link up"),
         Err(e) => tracing::error!(error = %e, "control link"),
     }
-    if let Err(e) = keeper::start() {
-        fatal(&format!("starting the keeper threads: {e}"));
-    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -82,7 +80,13 @@ pub fn run_pid1() -> ! {
     let addr = SocketAddr::from((ip, proto::AGENT_PORT));
     let state = Arc::new(server::State::default());
     rt.block_on(async move {
-        server::serve(state, addr).await;
+        let listener = server::bind(addr).await;
+        // the keeper (a second process loading this binary) competes for the guest's one CPU:
+        // it starts once Health can be answered
+        if let Err(e) = keeper::start() {
+            fatal(&format!("starting the keeper threads: {e}"));
+        }
+        server::serve_on(listener, state).await;
     });
     fatal("the server stopped")
 }

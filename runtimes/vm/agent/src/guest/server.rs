@@ -14,7 +14,7 @@ use unicri_vm_agent::proto::{self, GuestStats, Hello, Request, Response, paths};
 
 use super::container::{self, Table};
 use super::error::{Error, Result};
-use super::{files, logs, ns, pod, stats};
+use super::{files, logs, ns, pod, resources, stats};
 
 /// The longest first line accepted (a `PrepareContainer` carries files).
 const MAX_HELLO: u64 = 64 << 20;
@@ -62,8 +62,8 @@ pub fn peer_allowed(peer: &SocketAddr) -> bool {
     }
 }
 
-/// Bind (retrying until the control address exists) and serve forever.
-pub async fn serve(state: Arc<State>, addr: SocketAddr) {
+/// Bind `addr` (retrying until the control address exists).
+pub async fn bind(addr: SocketAddr) -> TcpListener {
     let listener = loop {
         match TcpListener::bind(addr).await {
             Ok(l) => break l,
@@ -74,7 +74,7 @@ pub async fn serve(state: Arc<State>, addr: SocketAddr) {
         }
     };
     tracing::info!(%addr, "agent serving");
-    serve_on(listener, state).await;
+    listener
 }
 
 /// Accept on `listener` forever.
@@ -252,7 +252,9 @@ fn op_name(r: &Request) -> &'static str {
         Request::PrepareContainer(_) => "prepare_container",
         Request::PutFiles { .. } => "put_files",
         Request::RemoveContainer { .. } => "remove_container",
+        Request::UpdateResources { .. } => "update_resources",
         Request::Stats { .. } => "stats",
+        Request::LogSize { .. } => "log_size",
         Request::Shutdown => "shutdown",
     }
 }
@@ -329,9 +331,27 @@ async fn run(state: &Arc<State>, request: Request) -> Result<Response> {
             state.mark_removed(&id, true);
             Ok(Response::Ok)
         }
+        Request::UpdateResources { id, resources: r } => {
+            tracing::info!(container_id = %id, resources = ?r, "update resources");
+            container::validate_id(&id)?;
+            let _guard = state.table.lock().await;
+            blocking(move || resources::apply(Path::new(&container::cgroup_dir(&id)), &r)).await?;
+            Ok(Response::Ok)
+        }
         Request::Stats { ids } => {
             tracing::trace!(containers = ids.len(), "stats");
             blocking(move || Ok(Response::Stats(guest_stats(&ids)))).await
+        }
+        Request::LogSize { id } => {
+            container::validate_id(&id)?;
+            let bytes = match tokio::fs::metadata(paths::log(&id)).await {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => {
+                    return Err(Error::internal(format!("stat {}: {e}", paths::log(&id))));
+                }
+            };
+            Ok(Response::LogSize { bytes })
         }
         Request::Shutdown => {
             tracing::info!("shutdown");
@@ -435,6 +455,17 @@ mod tests {
                 },
             },
             Hello::Agent {
+                request: Request::UpdateResources {
+                    id: "c".into(),
+                    resources: proto::Resources {
+                        memory_limit_bytes: 1 << 20,
+                        cpu_quota: 50_000,
+                        cpu_period: 100_000,
+                        ..proto::Resources::default()
+                    },
+                },
+            },
+            Hello::Agent {
                 request: Request::Shutdown,
             },
             Hello::PortForward { port: 8080 },
@@ -453,6 +484,21 @@ mod tests {
             serde_json::from_str::<Hello>(r#"{"svc":"agent","request":{"op":"health"}}"#).unwrap(),
             Hello::Agent {
                 request: Request::Health
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<Hello>(
+                r#"{"svc":"agent","request":{"op":"update_resources","id":"a","resources":{"pids_limit":5}}}"#
+            )
+            .unwrap(),
+            Hello::Agent {
+                request: Request::UpdateResources {
+                    id: "a".into(),
+                    resources: proto::Resources {
+                        pids_limit: 5,
+                        ..proto::Resources::default()
+                    }
+                }
             }
         );
         assert_eq!(
