@@ -308,7 +308,11 @@ async fn vm_pod_lifecycle_network_volumes_exec_port_forward_and_oom() -> Result<
     let r = exec(
         &d,
         &reader,
-        &["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+        &[
+            "sh",
+            "-c",
+            "d=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat $d/memory.max $d/cpu.max",
+        ],
     )
     .await?;
     ensure!(
