@@ -466,6 +466,17 @@ impl VmBackend {
         if relays.get(id).is_some_and(|h| !h.is_finished()) {
             return;
         }
+        // the file exists from CreateContainer on, as with a keeper writing it directly
+        if let Some(parent) = host_log.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(host_log)
+        {
+            tracing::warn!(container_id = %id, path = %host_log.display(), error = %e, "create the container's log file");
+        }
         let offsets = self.state_dir.join("log-offsets");
         let client = self.agent(record);
         let engine = record.engine.clone();

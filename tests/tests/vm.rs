@@ -1,5 +1,6 @@
-//! The `vm` runtime handler end to end, on the engine that runs here (`uml`: a user-mode-Linux
-//! kernel process per pod; `kvm` where hardware KVM and a guest kernel exist): the real
+//! The `vm` runtime handler end to end, on the engine the daemon picks (`uml`, a user-mode-Linux
+//! kernel process per pod, here; `kvm` on `unicri-vmm` on a host with hardware KVM and a built
+//! guest kernel — the same tests then run on it): the real
 //! daemon, its guest agent, Debian's CNI plugins, a busybox image built by the tests.
 //! Pod lifecycle with the pod IP, logs relayed from the guest, ExecSync in the guest kernel,
 //! host ↔ vm pod and linux pod ↔ vm pod traffic through the tap + tc bridge, two containers
