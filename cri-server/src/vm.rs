@@ -429,6 +429,18 @@ impl VmBackend {
             .map_err(|e| classified("build the image's block image", &e))
     }
 
+    /// Removes an image's block image (after RemoveImage); a missing one is fine.
+    pub async fn remove_image(&self, key: &str) {
+        let (dir, key) = (self.image_dir.clone(), key.to_string());
+        match tokio::task::spawn_blocking(move || unicri_runtime_vm::image::remove(&dir, &key))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "remove a vm block image"),
+            Err(e) => tracing::warn!(error = %e, "remove a vm block image"),
+        }
+    }
+
     /// Attaches an image's block image to a pod's guest (once per pod); returns its guest
     /// device and whether the record changed.
     pub async fn attach_image(

@@ -3,7 +3,7 @@
 //! guest kernel — the same tests then run on it): the real
 //! daemon, its guest agent, Debian's CNI plugins, a busybox image built by the tests.
 //! Pod lifecycle with the pod IP, logs relayed from the guest, ExecSync in the guest kernel,
-//! host ↔ vm pod and linux pod ↔ vm pod traffic through the tap + tc bridge, two containers
+//! host ↔ vm pod and linux pod ↔ vm pod traffic through the tap + tc bridge, a hostPort, two containers
 //! sharing the network and a volume (a host change synced in), exec with a terminal, port-forward to a server bound to
 //! the guest's loopback, UpdateContainerResources in the guest cgroup, an OOM kill inside the guest, and `kill -9` of the daemon while a
 //! container logs. A leak check (engine processes, mounts, cgroups) runs after each test.
@@ -70,8 +70,19 @@ struct Pod {
 }
 
 async fn run_pod(d: &Daemon, name: &str, logs: &Path, handler: &str) -> Result<Pod> {
+    run_pod_with(d, name, logs, handler, |_| {}).await
+}
+
+async fn run_pod_with(
+    d: &Daemon,
+    name: &str,
+    logs: &Path,
+    handler: &str,
+    f: impl FnOnce(&mut v1::PodSandboxConfig),
+) -> Result<Pod> {
     let log_dir = logs.join(name);
-    let config = pod_config(name, &log_dir);
+    let mut config = pod_config(name, &log_dir);
+    f(&mut config);
     let id = d
         .runtime()
         .run_pod_sandbox(v1::RunPodSandboxRequest {
@@ -201,7 +212,15 @@ async fn vm_pod_lifecycle_network_volumes_exec_port_forward_and_oom() -> Result<
     let net = Net::new()?;
     let d = daemon_with_busybox(&net, IMAGE, &["sh"]).await?;
     let logs = tempfile::tempdir()?;
-    let pod = run_pod(&d, "vmpod", logs.path(), HANDLER).await?;
+    let pod = run_pod_with(&d, "vmpod", logs.path(), HANDLER, |c| {
+        c.port_mappings = vec![v1::PortMapping {
+            protocol: v1::Protocol::Tcp as i32,
+            container_port: 8081,
+            host_port: 18791,
+            host_ip: String::new(),
+        }];
+    })
+    .await?;
     let ip = pod_ip(&d, &pod.id).await?;
 
     // a volume: a host directory both containers mount (copied into the guest, shared there)
@@ -334,6 +353,24 @@ async fn vm_pod_lifecycle_network_volumes_exec_port_forward_and_oom() -> Result<
     ensure!(
         out(&r).contains("hello-from-guest"),
         "linux pod → vm pod: {}",
+        out(&r)
+    );
+    // the vm pod's hostPort, at the node's address on the bridge (traffic from the node itself
+    // is intercepted by this machine's egress proxy, so it comes from a pod)
+    let gateway = format!("{}.1", net.subnet);
+    let r = exec(
+        &d,
+        &client,
+        &[
+            "wget",
+            "-qO-",
+            &format!("http://{gateway}:18791/index.html"),
+        ],
+    )
+    .await?;
+    ensure!(
+        out(&r).contains("hello-from-guest"),
+        "hostPort 18791 of the vm pod via {gateway}: {}",
         out(&r)
     );
 

@@ -1,6 +1,7 @@
 //! `RemoveImage`: by id, prefix, tag or digest; removes the image with all its names.
 //! Idempotent: an image that is already gone is not an error. An image a container was created
-//! from is refused (`FailedPrecondition`): its layers are that container's rootfs.
+//! from is refused (`FailedPrecondition`): its layers are that container's rootfs. The image's
+//! EROFS block image for vm pods is removed with it when no running guest has it attached.
 
 use unicri_proto::v1;
 
@@ -24,7 +25,22 @@ pub(crate) async fn remove_image(
         ));
     }
     match cri.images.remove(&spec).await? {
-        Some(id) => tracing::info!(image = %spec, id = %id, "removed"),
+        Some(id) => {
+            tracing::info!(image = %spec, id = %id, "removed");
+            // its block image for vm pods goes too, unless a running guest still has it
+            // attached (a vm pod keeps its images until it stops)
+            let key = id.trim_start_matches("sha256:");
+            let attached = cri
+                .pods
+                .list()
+                .await?
+                .iter()
+                .filter_map(|p| p.state.vm.as_ref())
+                .any(|vm| vm.images.contains_key(key));
+            if !attached {
+                cri.pods.vm.remove_image(key).await;
+            }
+        }
         None => tracing::info!(image = %spec, "not present; nothing to remove"),
     }
     Ok(v1::RemoveImageResponse {})
