@@ -52,7 +52,13 @@ pub struct VmBackend {
     syncs: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     /// Per container: how much of its guest log its relay has copied.
     copied: Arc<Mutex<HashMap<String, u64>>>,
+    /// The last initramfs built, by the agent binary's path, size and mtime (building it means
+    /// reading and hashing the whole agent: ~85 ms for a debug build).
+    initramfs: Mutex<Option<(AgentStamp, PathBuf)>>,
 }
+
+/// What identifies an agent binary on disk without reading it.
+type AgentStamp = (PathBuf, u64, std::time::SystemTime);
 
 struct PodHandle {
     keeper: KeeperClient,
@@ -129,6 +135,7 @@ impl VmBackend {
             relays: Mutex::new(HashMap::new()),
             syncs: Mutex::new(HashMap::new()),
             copied: Arc::new(Mutex::new(HashMap::new())),
+            initramfs: Mutex::new(None),
         }
     }
 
@@ -210,13 +217,7 @@ impl VmBackend {
         let kernel = self.kernel_of(handler, engine)?;
         let agent = self.agent_of(handler)?;
         let rt = self.runtime(handler);
-        let cache = self.image_dir.clone();
-        let initramfs = tokio::task::spawn_blocking(move || {
-            unicri_runtime_vm::initramfs::build(&agent, &cache)
-        })
-        .await
-        .map_err(|e| internal("build initramfs", e))?
-        .map_err(|e| classified("build the guest initramfs", &e))?;
+        let initramfs = self.initramfs_for(agent).await?;
         let dir = self.pod_dir(pod_id);
         // pod memory: its limit plus room for the guest kernel and agent
         let mem_mib = match mem_limit {
@@ -311,16 +312,53 @@ impl VmBackend {
         Ok(record)
     }
 
+    /// The guest initramfs for `agent`: remembered by the agent's size and mtime, rebuilt (or
+    /// found in the content-keyed cache) when those change or the file went away.
+    async fn initramfs_for(&self, agent: PathBuf) -> Result<PathBuf, CriError> {
+        let stamp = std::fs::metadata(&agent)
+            .and_then(|m| Ok((agent.clone(), m.len(), m.modified()?)))
+            .map_err(|e| internal(&format!("stat the guest agent {}", agent.display()), e))?;
+        if let Some((s, path)) = self
+            .initramfs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && *s == stamp
+            && path.exists()
+        {
+            return Ok(path.clone());
+        }
+        let cache = self.image_dir.clone();
+        let path = tokio::task::spawn_blocking(move || {
+            unicri_runtime_vm::initramfs::build(&agent, &cache)
+        })
+        .await
+        .map_err(|e| internal("build initramfs", e))?
+        .map_err(|e| classified("build the guest initramfs", &e))?;
+        *self.initramfs.lock().unwrap_or_else(|p| p.into_inner()) = Some((stamp, path.clone()));
+        Ok(path)
+    }
+
     /// Stops a pod's guest (agent shutdown, then the engine), and removes its taps. Idempotent.
     pub async fn stop_pod(&self, pod_id: &str, record: &VmPodRecord) -> Result<(), CriError> {
         // the log relays of its containers end by themselves once the guest is gone
         if unicri_runtime_vm::engine::alive(&record.engine) {
             let client = AgentClient::new(record.netns.clone());
-            let _ = tokio::time::timeout(
+            let asked = tokio::time::timeout(
                 Duration::from_secs(2),
                 client.request(proto::Request::Shutdown),
             )
             .await;
+            if matches!(asked, Ok(Ok(proto::Response::Ok))) {
+                // the guest powers off and its engine exits: give it a second before the
+                // engine is told to halt (a halted guest's console no longer answers)
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                while unicri_runtime_vm::engine::alive(&record.engine)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
         }
         let st = record.engine.clone();
         tokio::task::spawn_blocking(move || {

@@ -12,6 +12,10 @@
 //! `unicri-bench vmm` times unicri's VMM (`unicri-vmm`) and Firecracker on the same tiny test
 //! guest: spawn to the guest's first console line, and the VMM's peak RSS.
 //!
+//! `unicri-bench vm` runs pods of the `vm` handler (a user-mode-Linux kernel per pod):
+//! RunPodSandbox → guest agent ready and where that time goes, pod + container start, pods
+//! started at once, host memory per pod beyond guest RAM, and how many pods the machine holds.
+//!
 //! `unicri-bench wasm` runs WebAssembly modules on unicri's `wasm` handler (cold and warm
 //! create + start → exited, throughput of 8 parallel workers, memory per sleeping instance),
 //! side by side with unicri's `linux` handler and containerd + runc running busybox `true`.
@@ -24,6 +28,7 @@ mod procs;
 mod pull;
 mod report;
 mod runtimes;
+mod vm;
 mod vmm;
 mod wasm;
 
@@ -57,6 +62,9 @@ enum Cmd {
     /// unicri's VMM against Firecracker on the same test guest: spawn → first guest output,
     /// peak RSS.
     Vmm(vmm::VmmArgs),
+    /// Pods of the `vm` handler (issue 6, `uml` engine): RunPodSandbox → agent ready, pod +
+    /// container running, pods started at once, host memory per pod, pods per machine.
+    Vm(vm::VmArgs),
 }
 
 /// Options of `unicri-bench wasm`.
@@ -206,6 +214,7 @@ async fn main() -> Result<()> {
         Cmd::Pull(args) => pull::run(args).await,
         Cmd::Pods(args) => pods::run(args).await,
         Cmd::Wasm(args) => wasm::run(args).await,
+        Cmd::Vm(args) => vm::run(args).await,
         Cmd::Vmm(args) => tokio::task::spawn_blocking(move || vmm::run(&args)).await?,
     }
 }

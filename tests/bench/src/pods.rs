@@ -909,6 +909,7 @@ async fn start_runtimes(
             cni: Some((net.conf_dir.clone(), args.cni_bin_dir.clone())),
             sandbox_image: Some(pause.to_string()),
             env: Vec::new(),
+            config: String::new(),
         };
         eprintln!("starting {kind} ({})", bin.display());
         let mut d = Daemon::start_with(kind, &bin, work, hosts_dir, &extras).await?;

@@ -53,6 +53,8 @@ pub struct Extras {
     pub sandbox_image: Option<String>,
     /// Environment variables of the daemon (e.g. `UNICRI_LOG`).
     pub env: Vec<(String, String)>,
+    /// More TOML appended to unicri's config (e.g. `[runtimes.vm]`). Ignored for containerd.
+    pub config: String,
 }
 
 /// A running daemon.
@@ -124,6 +126,7 @@ impl Daemon {
                         bin_dir.display().to_string()
                     ));
                 }
+                text.push_str(&extras.config);
                 std::fs::write(&config, text)?;
                 cmd.arg("daemon")
                     .arg("--config")

@@ -747,6 +747,7 @@ async fn start_runtimes(
             cni: Some((net.conf_dir.clone(), args.cni_bin_dir.clone())),
             sandbox_image: Some(pause.to_string()),
             env: Vec::new(),
+            config: String::new(),
         };
         if kind == Kind::Unicri
             && let Some(l) = &args.unicri_log
