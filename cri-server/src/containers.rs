@@ -69,6 +69,8 @@ pub struct StoredContainer {
     pub state: ContainerBackendState,
     /// Resource use as its keeper measured it (`wasm` instances have no cgroup), when running.
     pub usage: Option<Usage>,
+    /// Bytes in a vm container's writable layer, as its guest agent measured them.
+    pub guest_writable_bytes: Option<u64>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> CriError {
@@ -218,6 +220,7 @@ impl Containers {
             config,
             state,
             usage: None,
+            guest_writable_bytes: None,
         })
     }
 
@@ -991,6 +994,7 @@ impl Containers {
             };
             for c in cs.iter_mut().filter(|c| c.row.pod_id == pod_id) {
                 if let Some(u) = stats.containers.get(&c.row.id) {
+                    c.guest_writable_bytes = Some(u.writable_bytes);
                     c.usage = Some(Usage {
                         cpu_ns: u.cpu_ns,
                         memory_bytes: u.memory_working_set,

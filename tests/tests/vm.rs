@@ -5,7 +5,7 @@
 //! Pod lifecycle with the pod IP, logs relayed from the guest, ExecSync in the guest kernel,
 //! host ↔ vm pod and linux pod ↔ vm pod traffic through the tap + tc bridge, a hostPort, two containers
 //! sharing the network and a volume (a host change synced in), exec with a terminal, port-forward to a server bound to
-//! the guest's loopback, UpdateContainerResources in the guest cgroup, an OOM kill inside the guest, and `kill -9` of the daemon while a
+//! the guest's loopback, ContainerStats from the guest, UpdateContainerResources in the guest cgroup, an OOM kill inside the guest, and `kill -9` of the daemon while a
 //! container logs. A leak check (engine processes, mounts, cgroups) runs after each test.
 
 use std::path::{Path, PathBuf};
@@ -453,6 +453,47 @@ async fn vm_pod_lifecycle_network_volumes_exec_port_forward_and_oom() -> Result<
     ensure!(
         page.contains("hello-from-guest"),
         "port-forward to the guest's 127.0.0.1:8080: {page:?}"
+    );
+
+    // ContainerStats come from the guest: memory, CPU and the writable layer
+    let r = exec(
+        &d,
+        &reader,
+        &["dd", "if=/dev/zero", "of=/scratch", "bs=1024", "count=512"],
+    )
+    .await?;
+    ensure!(r.exit_code == 0, "dd: {}", out(&r));
+    let stats = d
+        .runtime()
+        .container_stats(v1::ContainerStatsRequest {
+            container_id: reader.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    let used = |v: Option<&v1::UInt64Value>| v.map(|v| v.value).unwrap_or(0);
+    let writable = used(
+        stats
+            .writable_layer
+            .as_ref()
+            .and_then(|w| w.used_bytes.as_ref()),
+    );
+    let memory = used(
+        stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref()),
+    );
+    let cpu = used(
+        stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref()),
+    );
+    ensure!(
+        writable >= 512 * 1024 && memory > 0 && cpu > 0,
+        "stats from the guest: writable {writable}, working set {memory}, cpu {cpu}: {stats:?}"
     );
 
     // OOM inside the guest: a 24 MiB limit, a process that keeps growing

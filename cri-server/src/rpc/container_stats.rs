@@ -105,7 +105,11 @@ pub(crate) fn stats_of(cri: &Cri, c: &StoredContainer) -> v1::ContainerStats {
         }
     };
     let upper = c.state.dir.join("upper");
-    let (bytes, inodes) = cgroups::dir_usage(&upper);
+    let (bytes, inodes) = match c.guest_writable_bytes {
+        // a vm container's writable layer is in its guest (inodes are not counted there)
+        Some(bytes) => (bytes, 0),
+        None => cgroups::dir_usage(&upper),
+    };
     v1::ContainerStats {
         attributes: Some(v1::ContainerAttributes {
             id: c.row.id.clone(),
