@@ -949,7 +949,7 @@ impl Containers {
     }
 
     /// [`Self::destroy_vm`] for a container that has a row.
-    async fn destroy_in_guest(&self, id: &str, _dir: &Path) -> Result<(), CriError> {
+    async fn destroy_in_guest(&self, id: &str) -> Result<(), CriError> {
         let Some(row) = self.store.container(id).await? else {
             return Ok(());
         };
@@ -968,6 +968,7 @@ impl Containers {
             .filter(|c| c.state.is_vm() && c.row.state == ContainerState::Running.as_str())
             .map(|c| c.row.pod_id.clone())
             .collect();
+        pods.sort();
         pods.dedup();
         for pod_id in pods {
             let Ok(Some(rec)) = self
@@ -1081,7 +1082,7 @@ impl Containers {
     /// Removes the keepers' container and the container directory. Idempotent. Both keepers are
     /// asked (a keeper that does not run holds nothing and is not started for this).
     async fn destroy(&self, id: &str, dir: &Path) -> Result<(), CriError> {
-        self.destroy_in_guest(id, dir).await?;
+        self.destroy_in_guest(id).await?;
         for keeper in [&self.keeper, &self.wasm_keeper] {
             keeper
                 .delete(id)

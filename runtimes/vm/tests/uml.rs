@@ -234,6 +234,26 @@ fn stop_and_check_leaks(st: &VmState, p: &Pod, shm_before: usize) {
     assert!(shm_after <= shm_before, "files left in /dev/shm");
 }
 
+/// Builds `tests/guest/<src>` with `gcc -static` into `out`; `false` (after a SKIP line naming
+/// `test`) when that fails.
+fn build_static(out: &Path, src: &str, test: &str) -> bool {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/guest")
+        .join(src);
+    let ok = common::sh_ok(&[
+        "gcc",
+        "-static",
+        "-O2",
+        "-o",
+        &out.to_string_lossy(),
+        &src.to_string_lossy(),
+    ]);
+    if !ok {
+        eprintln!("SKIP {test}: gcc -static failed");
+    }
+    ok
+}
+
 #[test]
 fn test_init_guest() {
     let Some(kernel) = prerequisites("test_init_guest") else {
@@ -241,16 +261,7 @@ fn test_init_guest() {
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let init = tmp.path().join("init");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/test-init.c");
-    if !common::sh_ok(&[
-        "gcc",
-        "-static",
-        "-O2",
-        "-o",
-        &init.to_string_lossy(),
-        &src.to_string_lossy(),
-    ]) {
-        eprintln!("SKIP test_init_guest: gcc -static failed");
+    if !build_static(&init, "test-init.c", "test_init_guest") {
         return;
     }
     let initrd = initramfs::build(&init, &tmp.path().join("cache")).expect("initramfs");
@@ -349,16 +360,7 @@ fn engine_outlives_its_starter() {
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let init = tmp.path().join("init");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/test-init.c");
-    if !common::sh_ok(&[
-        "gcc",
-        "-static",
-        "-O2",
-        "-o",
-        &init.to_string_lossy(),
-        &src.to_string_lossy(),
-    ]) {
-        eprintln!("SKIP engine_outlives_its_starter: gcc -static failed");
+    if !build_static(&init, "test-init.c", "engine_outlives_its_starter") {
         return;
     }
     let initrd = initramfs::build(&init, &tmp.path().join("cache")).expect("initramfs");
@@ -639,17 +641,8 @@ fn agent_guest_update_resources() {
     for d in ["proc", "sys", "dev", "tmp"] {
         std::fs::create_dir_all(layer.join(d)).expect("mkdir");
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/sleeper.c");
     let bin = layer.join("bin/sleeper");
-    if !common::sh_ok(&[
-        "gcc",
-        "-static",
-        "-O2",
-        "-o",
-        &bin.to_string_lossy(),
-        &src.to_string_lossy(),
-    ]) {
-        eprintln!("SKIP agent_guest_update_resources: gcc -static failed");
+    if !build_static(&bin, "sleeper.c", "agent_guest_update_resources") {
         return;
     }
     let img = image::build(&tmp.path().join("images"), "sleeper", &[layer]).expect("image");
